@@ -1,0 +1,1 @@
+//! A simulator of the Marketplace Platform's Accounts API.
