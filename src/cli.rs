@@ -1,0 +1,153 @@
+//! The command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::broker::BrokerLink;
+use crate::config::{Config, LogFormat};
+use crate::exit::Incomplete;
+use crate::publish::{prepare_lines, publish_lines};
+use crate::storage::Database;
+use crate::worker::Worker;
+
+/// erp-sync keeps the SoftwareOne Marketplace Platform in step with the ERP: it consumes
+/// buyer, seller and ERP-link events from RabbitMQ and calls the platform's Accounts
+/// API, with an outbox and an audit trail in PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "erp-sync", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file layered over the built-in defaults (also ERP_SYNC_CONFIG).
+    /// Environment variables ERP_SYNC_<TABLE>_<KEY> override both.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log line format: "text" for people, "json" for log collectors. Overrides
+    /// `log.format`. The level filter comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker until SIGTERM or Ctrl-C: consume events, store them, call the
+    /// platform, retry, record every step.
+    Run,
+    /// Create the database if it does not exist and apply the schema migrations.
+    Migrate,
+    /// Serve the built-in simulator of the platform's Accounts API.
+    Simulate(SimulateArgs),
+    /// Publish a file of events, one JSON envelope per line, to the events exchange.
+    Publish(PublishArgs),
+    /// Run the whole pipeline once against the local PostgreSQL and RabbitMQ and the
+    /// built-in simulator, then print a summary. Uses its own database and queues.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address to listen on (overrides `simulator.listen`; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Seed of the generated data set (overrides `simulator.seed`).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Number of generated buyers (overrides `simulator.buyers`).
+    #[arg(long, value_name = "COUNT")]
+    pub buyers: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// File with one JSON envelope per line; blank lines are skipped.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Routing key for lines that are not valid envelopes (and so have no derivable
+    /// key). Without it such lines are reported and not sent.
+    #[arg(long, value_name = "KEY")]
+    pub routing_key: Option<String>,
+    /// Exchange to publish to (overrides `amqp.exchange`).
+    #[arg(long, value_name = "NAME")]
+    pub exchange: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Longest wait for every event to settle, as a duration such as "2m".
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+impl Cli {
+    /// Loads the configuration the command runs with.
+    pub fn load_config(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
+        Ok(config)
+    }
+}
+
+/// Runs one command to completion.
+pub async fn run_command(cli: Cli, config: Config) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run => {
+            let shutdown = crate::shutdown::cancel_on_signals()?;
+            let worker = Worker::prepare(config).await?;
+            worker.run(shutdown).await
+        }
+        Command::Migrate => Database::migrate(&config.database).await,
+        Command::Simulate(args) => {
+            let mut simulator = config.simulator.clone();
+            if let Some(listen) = args.listen {
+                simulator.listen = listen;
+            }
+            if let Some(seed) = args.seed {
+                simulator.seed = seed;
+            }
+            if let Some(buyers) = args.buyers {
+                simulator.buyers = buyers;
+            }
+            let shutdown = crate::shutdown::cancel_on_signals()?;
+            crate::simulator::serve(simulator, async move { shutdown.cancelled().await }).await
+        }
+        Command::Publish(args) => publish_file(&config, &args).await,
+        Command::Demo(args) => crate::demo::run_demo(config, args.timeout).await,
+    }
+}
+
+async fn publish_file(config: &Config, args: &PublishArgs) -> anyhow::Result<()> {
+    let contents = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let lines = prepare_lines(&contents, args.routing_key.as_deref());
+    let exchange = args.exchange.as_deref().unwrap_or(&config.amqp.exchange);
+
+    let link = BrokerLink::connect(&config.amqp).await?;
+    let publisher = link.publisher().await?;
+    let report = publish_lines(&publisher, exchange, lines).await?;
+    link.close().await;
+
+    for (line, problem) in &report.skipped {
+        eprintln!("line {line}: not sent: {problem}");
+    }
+    for (line, reply) in &report.unroutable {
+        eprintln!("line {line}: not routed to any queue: {reply}");
+    }
+    println!(
+        "published {} message(s) to {exchange:?}; {} unroutable, {} not sent",
+        report.published,
+        report.unroutable.len(),
+        report.skipped.len()
+    );
+    if report.is_complete() {
+        Ok(())
+    } else {
+        Err(Incomplete("some lines were not published".to_owned()).into())
+    }
+}

@@ -1,0 +1,355 @@
+//! Storing a batch of deliveries: events, their commands, dead letters and the audit
+//! rows of all of them, in one transaction that commits before any delivery is acked.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::audit::{AuditRow, Step, insert_audit_rows};
+use super::{COMMANDS_CHANNEL, Database};
+use crate::event::{Event, Rejection};
+use crate::plan::Plan;
+
+/// A valid event with its plan and the delivery facts worth keeping.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event: Event,
+    pub plan: Plan,
+    pub routing_key: String,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    pub size_bytes: usize,
+    pub redelivered: bool,
+}
+
+/// A message that could not become an event, already published to the dead-letter
+/// exchange.
+#[derive(Debug, Clone)]
+pub struct RejectedMessage {
+    pub rejection: Rejection,
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    /// The body, or `None` when it is longer than the size limit.
+    pub body: Option<Vec<u8>>,
+    pub size_bytes: usize,
+    pub sha256: String,
+}
+
+/// One delivery of a batch.
+#[derive(Debug, Clone)]
+pub enum IngestItem {
+    Event(StoredEvent),
+    Rejected(RejectedMessage),
+}
+
+/// What storing a delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestResult {
+    /// A new event with this many planned commands.
+    Planned { commands: usize },
+    /// A new event that asks for no platform call; it is settled.
+    Ignored,
+    /// An event id that was already received.
+    Duplicate,
+    /// A dead letter, recorded under this id.
+    DeadLettered { id: i64 },
+}
+
+impl Database {
+    /// Stores a batch of deliveries in one transaction and wakes the dispatchers when
+    /// it planned commands. Returns one result per item, in order.
+    pub async fn store_batch(&self, items: &[IngestItem]) -> sqlx::Result<Vec<IngestResult>> {
+        let mut transaction = self.pool().begin().await?;
+
+        let candidates = first_occurrences(items);
+        let inserted = insert_events(&mut transaction, &candidates).await?;
+        let command_ids = insert_commands(&mut transaction, &candidates, &inserted).await?;
+
+        let mut results = Vec::with_capacity(items.len());
+        let mut audit = Vec::with_capacity(items.len() * 2);
+        let mut seen = HashSet::new();
+        for item in items {
+            match item {
+                IngestItem::Event(stored) => {
+                    let is_new =
+                        inserted.contains(&stored.event.id) && seen.insert(stored.event.id);
+                    let result = if is_new {
+                        audit_new_event(stored, &command_ids, &mut audit)
+                    } else {
+                        audit.push(duplicate_row(stored));
+                        IngestResult::Duplicate
+                    };
+                    results.push(result);
+                }
+                IngestItem::Rejected(message) => {
+                    let id = insert_dead_letter(&mut transaction, message).await?;
+                    audit.push(dead_letter_row(message, id));
+                    results.push(IngestResult::DeadLettered { id });
+                }
+            }
+        }
+
+        insert_audit_rows(&mut *transaction, &audit).await?;
+        if !command_ids.is_empty() {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(COMMANDS_CHANNEL)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(results)
+    }
+}
+
+/// The events of the batch whose id appears for the first time in it.
+fn first_occurrences(items: &[IngestItem]) -> Vec<&StoredEvent> {
+    let mut seen = HashSet::new();
+    items
+        .iter()
+        .filter_map(|item| match item {
+            IngestItem::Event(stored) if seen.insert(stored.event.id) => Some(stored),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Inserts the events and returns the ids that were new.
+async fn insert_events(
+    transaction: &mut sqlx::PgConnection,
+    events: &[&StoredEvent],
+) -> sqlx::Result<HashSet<Uuid>> {
+    if events.is_empty() {
+        return Ok(HashSet::new());
+    }
+
+    let ids: Vec<Uuid> = events.iter().map(|stored| stored.event.id).collect();
+    let object_types: Vec<&str> = events
+        .iter()
+        .map(|stored| stored.event.subject.object_type())
+        .collect();
+    let object_ids: Vec<Option<&str>> = events
+        .iter()
+        .map(|stored| stored.event.subject.object_id())
+        .collect();
+    let event_types: Vec<&str> = events
+        .iter()
+        .map(|stored| stored.event.event_type.as_str())
+        .collect();
+    let enqueue_times: Vec<_> = events
+        .iter()
+        .map(|stored| stored.event.enqueue_time)
+        .collect();
+    let routing_keys: Vec<&str> = events
+        .iter()
+        .map(|stored| stored.routing_key.as_str())
+        .collect();
+    let envelopes: Vec<&serde_json::Value> =
+        events.iter().map(|stored| &stored.event.envelope).collect();
+    let traceparents: Vec<Option<&str>> = events
+        .iter()
+        .map(|stored| stored.traceparent.as_deref())
+        .collect();
+    let tracestates: Vec<Option<&str>> = events
+        .iter()
+        .map(|stored| stored.tracestate.as_deref())
+        .collect();
+    let outcomes: Vec<Option<&str>> = events
+        .iter()
+        .map(|stored| matches!(stored.plan, Plan::Ignored(_)).then_some("ignored"))
+        .collect();
+
+    let rows: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO events (id, object_type, object_id, event_type, enqueue_time, routing_key, \
+                             envelope, traceparent, tracestate, outcome, settled_at) \
+         SELECT u.id, u.object_type, u.object_id, u.event_type, u.enqueue_time, u.routing_key, \
+                u.envelope, u.traceparent, u.tracestate, u.outcome, \
+                CASE WHEN u.outcome IS NULL THEN NULL ELSE now() END \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
+                     $6::text[], $7::jsonb[], $8::text[], $9::text[], $10::text[]) \
+              AS u(id, object_type, object_id, event_type, enqueue_time, routing_key, \
+                   envelope, traceparent, tracestate, outcome) \
+         ON CONFLICT (id) DO NOTHING \
+         RETURNING id",
+    )
+    .bind(ids)
+    .bind(object_types)
+    .bind(object_ids)
+    .bind(event_types)
+    .bind(enqueue_times)
+    .bind(routing_keys)
+    .bind(envelopes)
+    .bind(traceparents)
+    .bind(tracestates)
+    .bind(outcomes)
+    .fetch_all(&mut *transaction)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Inserts the commands planned by the new events, links them to their events, and
+/// returns the command id of each idempotency key.
+async fn insert_commands(
+    transaction: &mut sqlx::PgConnection,
+    events: &[&StoredEvent],
+    inserted: &HashSet<Uuid>,
+) -> sqlx::Result<HashMap<Uuid, i64>> {
+    let mut kinds = Vec::new();
+    let mut object_keys = Vec::new();
+    let mut object_ids = Vec::new();
+    let mut specs = Vec::new();
+    let mut enqueue_times = Vec::new();
+    let mut keys = Vec::new();
+    let mut traceparents = Vec::new();
+    let mut tracestates = Vec::new();
+    let mut event_of_key = Vec::new();
+
+    for stored in events
+        .iter()
+        .filter(|stored| inserted.contains(&stored.event.id))
+    {
+        let Plan::Commands(commands) = &stored.plan else {
+            continue;
+        };
+        for spec in commands {
+            kinds.push(spec.kind());
+            object_keys.push(spec.object_key());
+            object_ids.push(spec.object_id().to_owned());
+            specs.push(serde_json::to_value(spec).expect("a command spec serializes to JSON"));
+            enqueue_times.push(stored.event.enqueue_time);
+            keys.push(spec.idempotency_key(stored.event.id));
+            traceparents.push(stored.traceparent.as_deref());
+            tracestates.push(stored.tracestate.as_deref());
+            event_of_key.push(stored.event.id);
+        }
+    }
+    if kinds.is_empty() {
+        return Ok(HashMap::new());
+    }
+
+    let rows: Vec<(i64, Uuid)> = sqlx::query_as(
+        "INSERT INTO commands (kind, object_key, object_id, spec, enqueue_time, idempotency_key, \
+                               traceparent, tracestate) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], \
+                              $6::uuid[], $7::text[], $8::text[]) \
+         RETURNING id, idempotency_key",
+    )
+    .bind(kinds)
+    .bind(object_keys)
+    .bind(object_ids)
+    .bind(specs)
+    .bind(enqueue_times)
+    .bind(&keys)
+    .bind(traceparents)
+    .bind(tracestates)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let command_ids: HashMap<Uuid, i64> = rows.into_iter().map(|(id, key)| (key, id)).collect();
+
+    let link_commands: Vec<i64> = keys.iter().map(|key| command_ids[key]).collect();
+    sqlx::query(
+        "INSERT INTO command_events (command_id, event_id) \
+         SELECT * FROM unnest($1::int8[], $2::uuid[])",
+    )
+    .bind(link_commands)
+    .bind(event_of_key)
+    .execute(&mut *transaction)
+    .await?;
+    Ok(command_ids)
+}
+
+async fn insert_dead_letter(
+    transaction: &mut sqlx::PgConnection,
+    message: &RejectedMessage,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO dead_letters (reason, detail, routing_key, message_id, event_id, size_bytes, sha256, body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+    )
+    .bind(message.rejection.reason.as_str())
+    .bind(&message.rejection.detail)
+    .bind(&message.routing_key)
+    .bind(message.message_id.as_deref())
+    .bind(message.rejection.event_id)
+    .bind(i32::try_from(message.size_bytes).unwrap_or(i32::MAX))
+    .bind(&message.sha256)
+    .bind(message.body.as_deref())
+    .fetch_one(&mut *transaction)
+    .await
+}
+
+fn audit_new_event(
+    stored: &StoredEvent,
+    command_ids: &HashMap<Uuid, i64>,
+    audit: &mut Vec<AuditRow>,
+) -> IngestResult {
+    let event = &stored.event;
+    let object_id = event.subject.object_id();
+    audit.push(
+        AuditRow::new(Step::Received)
+            .event(event.id)
+            .object(object_id)
+            .trace(stored.traceparent.as_deref())
+            .detail(json!({
+                "objectType": event.subject.object_type(),
+                "eventType": event.event_type,
+                "enqueueTime": event.enqueue_time,
+                "routingKey": stored.routing_key,
+                "sizeBytes": stored.size_bytes,
+                "redelivered": stored.redelivered,
+            })),
+    );
+
+    match &stored.plan {
+        Plan::Ignored(reason) => {
+            audit.push(
+                AuditRow::new(Step::Ignored)
+                    .event(event.id)
+                    .object(object_id)
+                    .trace(stored.traceparent.as_deref())
+                    .detail(json!({ "reason": reason })),
+            );
+            IngestResult::Ignored
+        }
+        Plan::Commands(commands) => {
+            for spec in commands {
+                let key = spec.idempotency_key(event.id);
+                audit.push(
+                    AuditRow::new(Step::CommandPlanned)
+                        .event(event.id)
+                        .command(command_ids[&key])
+                        .object(Some(spec.object_id()))
+                        .trace(stored.traceparent.as_deref())
+                        .detail(json!({ "spec": spec, "idempotencyKey": key })),
+                );
+            }
+            IngestResult::Planned {
+                commands: commands.len(),
+            }
+        }
+    }
+}
+
+fn duplicate_row(stored: &StoredEvent) -> AuditRow {
+    AuditRow::new(Step::Duplicate)
+        .event(stored.event.id)
+        .object(stored.event.subject.object_id())
+        .trace(stored.traceparent.as_deref())
+        .detail(json!({
+            "routingKey": stored.routing_key,
+            "redelivered": stored.redelivered,
+        }))
+}
+
+fn dead_letter_row(message: &RejectedMessage, id: i64) -> AuditRow {
+    let mut row = AuditRow::new(Step::DeadLettered).detail(json!({
+        "reason": message.rejection.reason.as_str(),
+        "detail": message.rejection.detail,
+        "routingKey": message.routing_key,
+        "sizeBytes": message.size_bytes,
+        "sha256": message.sha256,
+    }));
+    row.dead_letter_id = Some(id);
+    row.event_id = message.rejection.event_id;
+    row
+}

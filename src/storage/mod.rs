@@ -1,0 +1,222 @@
+//! PostgreSQL: the only module that holds SQL.
+//!
+//! Every transaction here is short and never spans a platform call: ingest stores a
+//! batch of deliveries, the dispatcher claims commands in one statement and records
+//! their outcomes in a second, separate transaction.
+
+mod audit;
+mod commands;
+mod ingest;
+mod report;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+pub use audit::{AuditRow, Step};
+pub use commands::{AttemptRecord, ClaimedCommand, Finish};
+pub use ingest::{IngestItem, IngestResult, RejectedMessage, StoredEvent};
+pub use report::{OutcomeCounts, SettlementProgress};
+
+use crate::config::DatabaseConfig;
+
+/// Migrations compiled into the binary from `migrations/`.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Channel notified when new commands become due, so idle dispatchers wake at once.
+pub const COMMANDS_CHANNEL: &str = "erp_sync_commands";
+
+/// A database whose schema is not what this binary needs.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("the database {database} does not exist; run `erp-sync migrate` to create it")]
+    MissingDatabase { database: String },
+    #[error(
+        "the database schema is not migrated ({missing} of {total} migrations missing); run `erp-sync migrate`"
+    )]
+    NotMigrated { missing: usize, total: usize },
+    #[error(
+        "the database has migration {version} that this erp-sync does not know; it was migrated by a newer version"
+    )]
+    UnknownMigration { version: i64 },
+    #[error("migration {version} was changed after it was applied; restore the original file")]
+    ChangedMigration { version: i64 },
+}
+
+/// The pool of connections to erp-sync's database.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pool: PgPool,
+}
+
+impl Database {
+    /// Opens a pool with the configured size, timeouts and server-side limits.
+    pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Database> {
+        let options = connect_options(config)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.pool_size)
+            .acquire_timeout(config.acquire_timeout)
+            // A connection that failed (a restarted server, a failover) is tested
+            // before it is handed out again, so a dead one is replaced instead of used.
+            .test_before_acquire(true)
+            .connect_with(options)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to PostgreSQL at {}",
+                    crate::config::redact_url(config.url.expose())
+                )
+            })?;
+        Ok(Database { pool })
+    }
+
+    /// Creates the database when it does not exist and applies every migration.
+    pub async fn migrate(config: &DatabaseConfig) -> anyhow::Result<()> {
+        let url = config.url.expose();
+        let exists = Postgres::database_exists(url).await.with_context(|| {
+            format!(
+                "cannot reach PostgreSQL at {}",
+                crate::config::redact_url(url)
+            )
+        })?;
+        if !exists {
+            Postgres::create_database(url)
+                .await
+                .context("cannot create the database")?;
+            tracing::info!(database = %database_name(url), "created the database");
+        }
+
+        let database = Database::connect(config).await?;
+        MIGRATOR
+            .run(&database.pool)
+            .await
+            .context("cannot apply the migrations")?;
+        tracing::info!(
+            migrations = MIGRATOR.iter().count(),
+            "the schema is up to date"
+        );
+        database.pool.close().await;
+        Ok(())
+    }
+
+    /// Connects and checks that every migration of this binary is applied unchanged.
+    pub async fn connect_checked(config: &DatabaseConfig) -> anyhow::Result<Database> {
+        let url = config.url.expose();
+        let exists = Postgres::database_exists(url).await.with_context(|| {
+            format!(
+                "cannot reach PostgreSQL at {}",
+                crate::config::redact_url(url)
+            )
+        })?;
+        if !exists {
+            return Err(SchemaError::MissingDatabase {
+                database: database_name(url),
+            }
+            .into());
+        }
+        let database = Database::connect(config).await?;
+        database.check_schema().await?;
+        Ok(database)
+    }
+
+    async fn check_schema(&self) -> anyhow::Result<()> {
+        let table_exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let total = MIGRATOR.iter().count();
+        if !table_exists {
+            return Err(SchemaError::NotMigrated {
+                missing: total,
+                total,
+            }
+            .into());
+        }
+
+        let applied: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?;
+        for (version, checksum) in &applied {
+            match MIGRATOR
+                .iter()
+                .find(|migration| migration.version == *version)
+            {
+                None => return Err(SchemaError::UnknownMigration { version: *version }.into()),
+                Some(migration) if migration.checksum.as_ref() != checksum.as_slice() => {
+                    return Err(SchemaError::ChangedMigration { version: *version }.into());
+                }
+                Some(_) => {}
+            }
+        }
+        let missing = MIGRATOR
+            .iter()
+            .filter(|migration| {
+                !applied
+                    .iter()
+                    .any(|(version, _)| *version == migration.version)
+            })
+            .count();
+        if missing > 0 {
+            return Err(SchemaError::NotMigrated { missing, total }.into());
+        }
+        Ok(())
+    }
+
+    /// Subscribes to [`COMMANDS_CHANNEL`] on a dedicated connection.
+    pub async fn listen_for_commands(&self) -> anyhow::Result<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(COMMANDS_CHANNEL).await?;
+        Ok(listener)
+    }
+
+    /// Answers whether the database accepts a query, for readiness checks.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
+    let options = PgConnectOptions::from_str(config.url.expose()).with_context(|| {
+        format!(
+            "invalid database.url {}",
+            crate::config::redact_url(config.url.expose())
+        )
+    })?;
+    Ok(options.application_name("erp-sync").options([
+        ("statement_timeout", millis(config.statement_timeout)),
+        (
+            "idle_in_transaction_session_timeout",
+            millis(config.idle_in_transaction_timeout),
+        ),
+    ]))
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
+fn database_name(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .map(|url| url.path().trim_start_matches('/').to_owned())
+        .unwrap_or_default()
+}
+
+/// Converts a delay to whole microseconds, the unit the SQL multiplies
+/// `interval '1 microsecond'` by.
+pub(crate) fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
