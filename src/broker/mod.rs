@@ -104,6 +104,11 @@ impl BrokerLink {
         Topology::from_config(&self.config).declare(self).await
     }
 
+    /// Deletes the configured queues and exchanges, with their messages.
+    pub async fn delete_topology(&self) -> Result<(), BrokerError> {
+        Topology::from_config(&self.config).delete(self).await
+    }
+
     /// Closes the connection; unacknowledged deliveries return to their queue.
     pub async fn close(&self) {
         let closing = self.connection.close(200, "erp-sync is stopping".into());

@@ -103,6 +103,15 @@ impl Database {
         Ok(())
     }
 
+    /// Drops the database with everything in it, then creates and migrates it anew.
+    pub async fn recreate(config: &DatabaseConfig) -> anyhow::Result<()> {
+        let url = config.url.expose();
+        if Postgres::database_exists(url).await? {
+            Postgres::force_drop_database(url).await.context("cannot drop the database")?;
+        }
+        Database::migrate(config).await
+    }
+
     /// Connects and checks that every migration of this binary is applied unchanged.
     pub async fn connect_checked(config: &DatabaseConfig) -> anyhow::Result<Database> {
         let url = config.url.expose();

@@ -1,0 +1,9 @@
+//! End-to-end tests of the pipeline on the real RabbitMQ and PostgreSQL, with the
+//! simulator as the platform. Each test has its own database and queues, so tests run
+//! in parallel.
+
+mod binary;
+mod bad_input;
+mod calls;
+mod failures;
+mod support;
