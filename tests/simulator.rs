@@ -1,0 +1,5 @@
+//! Integration tests of the Accounts API simulator. Each test starts its own simulator
+//! on port 0 and talks to it over HTTP on loopback.
+
+#[path = "simulator/generator.rs"]
+mod generator;
