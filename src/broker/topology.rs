@@ -1,7 +1,8 @@
 //! The exchanges, queues and bindings of the event contract, declared idempotently.
 
 use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{ErrorKind, ExchangeKind};
@@ -73,13 +74,15 @@ impl Topology {
     pub async fn delete(&self, link: &BrokerLink) -> Result<(), BrokerError> {
         for queue in [&self.queue, &self.dead_letter_queue] {
             let channel = link.open_channel().await?;
-            let deleted = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default());
+            let deleted =
+                channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default());
             // A missing queue closes the channel with 404, which is what "deleted" means.
             let _ = link.bounded("queue.delete", deleted).await;
         }
         for exchange in [&self.exchange, &self.dead_letter_exchange] {
             let channel = link.open_channel().await?;
-            let deleted = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default());
+            let deleted =
+                channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default());
             let _ = link.bounded("exchange.delete", deleted).await;
         }
         Ok(())

@@ -44,7 +44,13 @@ const PAIR_FORM_EVENTS: usize = 10;
 const DUPLICATES: usize = 20;
 
 /// Buyer event types that ask for a synchronization.
-const SYNCHRONIZE_TYPES: [&str; 5] = ["created", "updated", "activated", "enabled", "synchronizeRequested"];
+const SYNCHRONIZE_TYPES: [&str; 5] = [
+    "created",
+    "updated",
+    "activated",
+    "enabled",
+    "synchronizeRequested",
+];
 /// Buyer event types that ask for no call.
 const IGNORED_BUYER_TYPES: [&str; 3] = ["disabled", "deleted", "transferred"];
 /// Seller event types.
@@ -78,7 +84,10 @@ pub fn transient_failure_buyer(data: &DataSet) -> String {
 
 /// The link whose block the platform rejects, because an Active licensee uses it.
 pub fn rejected_link(data: &DataSet) -> String {
-    data.find_link(LinkCase::WithActiveLicensee).expect("the default data set has a link with an Active licensee").id.clone()
+    data.find_link(LinkCase::WithActiveLicensee)
+        .expect("the default data set has a link with an Active licensee")
+        .id
+        .clone()
 }
 
 /// Generates the demo's event file, one line per delivery.
@@ -89,9 +98,15 @@ pub fn demo_events(data: &DataSet) -> Vec<Vec<u8>> {
 
     let base: DateTime<Utc> = "2026-12-04T08:00:00Z".parse().expect("a valid time");
     let mut lines: Vec<Vec<u8>> = Vec::new();
-    for (index, (object_type, object_id, event_type, data)) in events.into_iter().enumerate() {
+    for (index, (object_type, object_id, name, event_type, data)) in events.into_iter().enumerate()
+    {
         let enqueue_time = base + Duration::milliseconds(250 * index as i64);
-        let envelope = envelope(&mut rng, object_type, object_id.as_deref(), event_type, enqueue_time, data);
+        let object = EnvelopeObject {
+            object_type,
+            id: object_id.as_deref(),
+            name: name.as_deref(),
+        };
+        let envelope = envelope(&mut rng, object, event_type, enqueue_time, data);
         lines.push(serde_json::to_vec(&envelope).expect("an envelope serializes"));
     }
 
@@ -110,7 +125,10 @@ pub fn demo_events(data: &DataSet) -> Vec<Vec<u8>> {
 
 /// The committed file's lines, without the trailing empty line.
 pub fn committed_lines() -> Vec<&'static [u8]> {
-    DEMO_EVENTS.split(|byte| *byte == b'\n').filter(|line| !line.is_empty()).collect()
+    DEMO_EVENTS
+        .split(|byte| *byte == b'\n')
+        .filter(|line| !line.is_empty())
+        .collect()
 }
 
 /// The generated lines as file contents.
@@ -123,51 +141,87 @@ pub fn file_contents(lines: &[Vec<u8>]) -> Vec<u8> {
     contents
 }
 
-type PlannedEvent = (&'static str, Option<String>, &'static str, Option<Value>);
+/// An event before it gets its id and time: object type, object id, display name,
+/// event type and data.
+type PlannedEvent = (
+    &'static str,
+    Option<String>,
+    Option<String>,
+    &'static str,
+    Option<Value>,
+);
 
 fn planned_events(data: &DataSet, rng: &mut ChaCha8Rng) -> Vec<PlannedEvent> {
     let mut events: Vec<PlannedEvent> = Vec::new();
+
+    let buyer_event = |id: &str, event_type| {
+        let name = data.buyer(id).map(|buyer| buyer.name.clone());
+        ("Buyer", Some(id.to_owned()), name, event_type, None)
+    };
+    let link_event = |id: &str, event_type, reason: Option<&str>| {
+        let name = data.erp_link(id).map(|link| link.name.clone());
+        let data = reason.map(|reason| json!({ "reason": reason }));
+        ("ErpLink", Some(id.to_owned()), name, event_type, data)
+    };
 
     let buyers = chosen_buyers(data);
     for index in 0..SYNCHRONIZE_EVENTS {
         let buyer = &buyers[index % SYNCHRONIZED_BUYERS];
         let event_type = SYNCHRONIZE_TYPES[rng.random_range(0..SYNCHRONIZE_TYPES.len())];
-        events.push(("Buyer", Some(buyer.clone()), event_type, None));
+        events.push(buyer_event(buyer, event_type));
     }
     for index in 0..IGNORED_BUYER_EVENTS {
         let buyer = &buyers[SYNCHRONIZED_BUYERS + index % (buyers.len() - SYNCHRONIZED_BUYERS)];
-        let event_type = IGNORED_BUYER_TYPES[index % IGNORED_BUYER_TYPES.len()];
-        events.push(("Buyer", Some(buyer.clone()), event_type, None));
+        events.push(buyer_event(
+            buyer,
+            IGNORED_BUYER_TYPES[index % IGNORED_BUYER_TYPES.len()],
+        ));
     }
 
     for link in data.find_links(LinkCase::Blockable).take(BLOCK_EVENTS) {
         let reason = BLOCK_REASONS[rng.random_range(0..BLOCK_REASONS.len())];
-        events.push(("ErpLink", Some(link.id.clone()), "blocked", Some(json!({ "reason": reason }))));
+        events.push(link_event(&link.id, "blocked", Some(reason)));
     }
     let mut blocked = data.find_links(LinkCase::Unblockable);
     for link in blocked.by_ref().take(UNBLOCK_EVENTS) {
-        events.push(("ErpLink", Some(link.id.clone()), "unblocked", None));
+        events.push(link_event(&link.id, "unblocked", None));
     }
     for link in blocked.take(ALREADY_BLOCKED_EVENTS) {
         let reason = BLOCK_REASONS[rng.random_range(0..BLOCK_REASONS.len())];
-        events.push(("ErpLink", Some(link.id.clone()), "blocked", Some(json!({ "reason": reason }))));
+        events.push(link_event(&link.id, "blocked", Some(reason)));
     }
-    events.push((
-        "ErpLink",
-        Some(rejected_link(data)),
+    events.push(link_event(
+        &rejected_link(data),
         "blocked",
-        Some(json!({ "reason": "Credit limit exceeded in the ERP" })),
+        Some("Credit limit exceeded in the ERP"),
     ));
 
     let seller = data
         .find_seller_with_buyers(SellerCase::Changeable, 1..=10)
         .expect("the default data set has a small seller");
     for index in 0..SELLER_EVENTS {
-        events.push(("Seller", Some(seller.id.clone()), SELLER_TYPES[index % SELLER_TYPES.len()], None));
+        let event_type = SELLER_TYPES[index % SELLER_TYPES.len()];
+        events.push((
+            "Seller",
+            Some(seller.id.clone()),
+            Some(seller.name.clone()),
+            event_type,
+            None,
+        ));
     }
-    for link in data.find_links(LinkCase::Blockable).skip(BLOCK_EVENTS).take(PAIR_FORM_EVENTS) {
+    for link in data
+        .find_links(LinkCase::Blockable)
+        .skip(BLOCK_EVENTS)
+        .take(PAIR_FORM_EVENTS)
+    {
         let pair = json!({ "buyerId": link.buyer.id, "sellerId": link.seller.id, "reason": "Credit limit exceeded in the ERP" });
-        events.push(("ErpLink", None, "blocked", Some(pair)));
+        events.push((
+            "ErpLink",
+            None,
+            Some(link.name.clone()),
+            "blocked",
+            Some(pair),
+        ));
     }
     events
 }
@@ -181,18 +235,32 @@ fn chosen_buyers(data: &DataSet) -> Vec<String> {
         .collect()
 }
 
+/// The `object` part of an envelope.
+struct EnvelopeObject<'a> {
+    object_type: &'a str,
+    id: Option<&'a str>,
+    name: Option<&'a str>,
+}
+
 fn envelope(
     rng: &mut ChaCha8Rng,
-    object_type: &str,
-    object_id: Option<&str>,
+    object: EnvelopeObject<'_>,
     event_type: &str,
     enqueue_time: DateTime<Utc>,
     data: Option<Value>,
 ) -> Value {
     let id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
+    let EnvelopeObject {
+        object_type,
+        id: object_id,
+        name,
+    } = object;
     let mut object = json!({ "objectType": object_type });
     if let Some(object_id) = object_id {
         object["id"] = json!(object_id);
+    }
+    if let Some(name) = name {
+        object["name"] = json!(name);
     }
     let mut envelope = json!({
         "id": id.to_string(),
@@ -211,4 +279,80 @@ fn envelope(
 /// The reasons the malformed lines of the file are dead-lettered with.
 pub fn malformed_reasons() -> impl Iterator<Item = &'static str> {
     MALFORMED.iter().map(|(_, reason)| *reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::SimulatorConfig;
+    use crate::simulator::generator::generate;
+
+    fn default_data() -> DataSet {
+        let config = SimulatorConfig::default();
+        generate(config.seed, config.buyers, config.sellers)
+    }
+
+    #[test]
+    fn committed_file_matches_the_generator() {
+        let generated = file_contents(&demo_events(&default_data()));
+        if std::env::var_os("ERP_SYNC_WRITE_FIXTURE").is_some() {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEMO_EVENTS_PATH);
+            std::fs::write(path, &generated).expect("the fixture file is writable");
+            return;
+        }
+        assert!(
+            DEMO_EVENTS == generated.as_slice(),
+            "{DEMO_EVENTS_PATH} differs from the generator's output; regenerate it with \
+             ERP_SYNC_WRITE_FIXTURE=1 cargo nextest run committed_file_matches_the_generator"
+        );
+    }
+
+    #[test]
+    fn file_has_every_kind_of_delivery() {
+        let lines = committed_lines();
+        assert!(lines.len() >= 1000, "{} lines", lines.len());
+
+        let mut ids = std::collections::HashSet::new();
+        let repeated = lines
+            .iter()
+            .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+            .filter_map(|envelope| envelope["id"].as_str().map(str::to_owned))
+            .filter(|id| !ids.insert(id.clone()))
+            .count();
+        assert_eq!(repeated, DUPLICATES);
+
+        let rejected: Vec<&str> = lines
+            .iter()
+            .filter_map(|line| crate::event::parse_event(line, 256 * 1024).err())
+            .map(|rejection| rejection.reason.as_str())
+            .collect();
+        let mut expected: Vec<&str> = malformed_reasons().collect();
+        let mut found = rejected.clone();
+        expected.sort();
+        found.sort();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn object_ids_exist_in_the_default_data_set() {
+        let data = default_data();
+        for line in committed_lines() {
+            let Ok(event) = crate::event::parse_event(line, 256 * 1024) else {
+                continue;
+            };
+            let known = match &event.subject {
+                crate::event::Subject::Buyer(id) => data.buyer(id.as_str()).is_some(),
+                crate::event::Subject::Seller(id) => data.seller(id.as_str()).is_some(),
+                crate::event::Subject::ErpLink(id) => data.erp_link(id.as_str()).is_some(),
+                crate::event::Subject::ErpLinkPair { buyer, seller } => {
+                    data.link_of_pair(buyer.as_str(), seller.as_str()).is_some()
+                }
+            };
+            assert!(
+                known,
+                "event {} names an object the simulator does not have",
+                event.id
+            );
+        }
+    }
 }

@@ -36,22 +36,35 @@ pub async fn run_demo(config: Config, timeout: Duration) -> anyhow::Result<()> {
     let mut config = demo_config(config)?;
     let started = Instant::now();
 
-    println!("erp-sync demo: resetting the database {DEMO_DATABASE:?} and the queues {DEMO_PREFIX}.*");
-    Database::recreate(&config.database).await.context("cannot prepare the demo database")?;
+    println!(
+        "erp-sync demo: resetting the database {DEMO_DATABASE:?} and the queues {DEMO_PREFIX}.*"
+    );
+    Database::recreate(&config.database)
+        .await
+        .context("cannot prepare the demo database")?;
     let link = BrokerLink::connect(&config.amqp).await?;
     link.delete_topology().await?;
     link.declare_topology().await?;
 
-    let simulator_config = SimulatorConfig { listen: "127.0.0.1:0".parse().expect("a valid address"), ..SimulatorConfig::default() };
-    let simulator = simulator::start(simulator_config).await.context("cannot start the simulator")?;
-    let transient_buyer = simulator.control().data(fixture::transient_failure_buyer);
+    let simulator_config = SimulatorConfig {
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        ..SimulatorConfig::default()
+    };
+    let simulator = simulator::start(simulator_config)
+        .await
+        .context("cannot start the simulator")?;
+    let transient_buyer = fixture::transient_failure_buyer(&simulator.control().data());
     simulator.control().add_fault(
         FaultRule::new(
             format!("/public/v1/accounts/buyers/{transient_buyer}/synchronize"),
-            Fault::Status { status: 503, retry_after: None, detail: Some("The ERP is busy; try again".to_owned()) },
+            Fault::Status {
+                status: 503,
+                retry_after: None,
+                detail: Some("The ERP is busy; try again".to_owned()),
+            },
         )
         .times(1),
-    );
+    )?;
     config.platform.url = simulator.base_url();
     println!("erp-sync demo: simulator at {}", simulator.base_url());
 
@@ -65,7 +78,10 @@ pub async fn run_demo(config: Config, timeout: Duration) -> anyhow::Result<()> {
     let report = publish_lines(&publisher, &config.amqp.exchange, lines).await?;
     link.close().await;
     let published = report.published as i64;
-    println!("erp-sync demo: published {published} messages from {}", fixture::DEMO_EVENTS_PATH);
+    println!(
+        "erp-sync demo: published {published} messages from {}",
+        fixture::DEMO_EVENTS_PATH
+    );
 
     let progress = wait_for_settlement(&database, published, timeout).await;
     stop.cancel();
@@ -138,14 +154,22 @@ async fn wait_for_settlement(
             if !done && interactive {
                 eprintln!();
             }
-            info!(settled = outcomes.settled(), published, "demo finished waiting");
+            info!(
+                settled = outcomes.settled(),
+                published, "demo finished waiting"
+            );
             return Ok(progress);
         }
         tokio::time::sleep(PROGRESS_INTERVAL).await;
     }
 }
 
-fn print_summary(progress: &SettlementProgress, platform_calls: u64, published: i64, elapsed: Duration) {
+fn print_summary(
+    progress: &SettlementProgress,
+    platform_calls: u64,
+    published: i64,
+    elapsed: Duration,
+) {
     let outcomes = progress.outcomes;
     let seconds = elapsed.as_secs_f64();
     println!();
@@ -162,5 +186,9 @@ fn print_summary(progress: &SettlementProgress, platform_calls: u64, published: 
     println!("{:<16}{:>10}", "platform calls", platform_calls);
     println!("{:<16}{:>10}", "attempts", progress.attempts);
     println!("{:<16}{:>10.1} s", "elapsed", seconds);
-    println!("{:<16}{:>10.0} /s", "events", outcomes.settled() as f64 / seconds.max(0.001));
+    println!(
+        "{:<16}{:>10.0} /s",
+        "events",
+        outcomes.settled() as f64 / seconds.max(0.001)
+    );
 }

@@ -107,7 +107,9 @@ impl Database {
     pub async fn recreate(config: &DatabaseConfig) -> anyhow::Result<()> {
         let url = config.url.expose();
         if Postgres::database_exists(url).await? {
-            Postgres::force_drop_database(url).await.context("cannot drop the database")?;
+            Postgres::force_drop_database(url)
+                .await
+                .context("cannot drop the database")?;
         }
         Database::migrate(config).await
     }

@@ -11,55 +11,101 @@ const ACCOUNTS: &str = "/public/v1/accounts";
 #[tokio::test]
 async fn buyer_events_synchronize_the_buyer() {
     let env = TestEnv::start().await;
-    let buyer = env.simulator.control().data(|data| data.find_buyer(BuyerCase::Active).unwrap().id.clone());
+    let buyer = env.pick(|data| data.find_buyer(BuyerCase::Active).unwrap().id.clone());
 
     for event_type in BUYER_SYNC_EVENT_TYPES {
-        env.publish(&envelope("Buyer", Some(&buyer), event_type, None)).await;
+        env.publish(&envelope("Buyer", Some(&buyer), event_type, None))
+            .await;
     }
-    let counts = env.wait_until_settled(BUYER_SYNC_EVENT_TYPES.len() as i64).await;
+    let counts = env
+        .wait_until_settled(BUYER_SYNC_EVENT_TYPES.len() as i64)
+        .await;
     assert_eq!(counts.applied, BUYER_SYNC_EVENT_TYPES.len() as i64);
 
-    let calls = env.simulator.control().requests(&RequestFilter::path(format!("{ACCOUNTS}/buyers/{buyer}/synchronize")));
+    let calls = env
+        .simulator
+        .control()
+        .find_requests(&RequestFilter::path(format!(
+            "{ACCOUNTS}/buyers/{buyer}/synchronize"
+        )));
     assert_eq!(calls.len(), BUYER_SYNC_EVENT_TYPES.len());
     for call in &calls {
         assert_eq!(call.method, "POST");
         assert_eq!(call.status, Some(200));
-        assert!(call.header("authorization").is_some_and(|value| value.starts_with("Bearer ")));
+        assert!(
+            call.header("authorization")
+                .is_some_and(|value| value.starts_with("Bearer "))
+        );
         assert_eq!(call.header("accept"), Some("application/json"));
-        assert!(call.header("user-agent").is_some_and(|value| value.starts_with("erp-sync/")));
+        assert!(
+            call.header("user-agent")
+                .is_some_and(|value| value.starts_with("erp-sync/"))
+        );
         assert!(call.header("idempotency-key").is_some());
         assert_eq!(call.body, None, "synchronize is sent without a body");
     }
-    let mut keys: Vec<_> = calls.iter().map(|call| call.header("idempotency-key").unwrap().to_owned()).collect();
+    let mut keys: Vec<_> = calls
+        .iter()
+        .map(|call| call.header("idempotency-key").unwrap().to_owned())
+        .collect();
     keys.dedup();
-    assert_eq!(keys.len(), calls.len(), "every command has its own idempotency key");
+    assert_eq!(
+        keys.len(),
+        calls.len(),
+        "every command has its own idempotency key"
+    );
     env.finish().await;
 }
 
 #[tokio::test]
 async fn blocked_event_reads_then_blocks_with_note() {
     let env = TestEnv::start().await;
-    let link = env.simulator.control().data(|data| data.find_link(LinkCase::Blockable).unwrap().id.clone());
+    let link = env.pick(|data| data.find_link(LinkCase::Blockable).unwrap().id.clone());
 
-    let event = envelope("ErpLink", Some(&link), "blocked", Some(json!({ "reason": "Credit limit exceeded in the ERP" })));
+    let event = envelope(
+        "ErpLink",
+        Some(&link),
+        "blocked",
+        Some(json!({ "reason": "Credit limit exceeded in the ERP" })),
+    );
     env.publish(&event).await;
     env.wait_until_settled(1).await;
-    assert_eq!(env.outcome_of(id_of(&event)).await.as_deref(), Some("applied"));
+    assert_eq!(
+        env.outcome_of(id_of(&event)).await.as_deref(),
+        Some("applied")
+    );
 
-    let calls = env.simulator.control().requests(&RequestFilter::path(format!("{ACCOUNTS}/erp-links/{link}*")));
-    let summary: Vec<(String, String)> = calls.iter().map(|call| (call.method.clone(), call.path.clone())).collect();
+    let calls = env
+        .simulator
+        .control()
+        .find_requests(&RequestFilter::path(format!(
+            "{ACCOUNTS}/erp-links/{link}*"
+        )));
+    let summary: Vec<(String, String)> = calls
+        .iter()
+        .map(|call| (call.method.clone(), call.path.clone()))
+        .collect();
     assert_eq!(
         summary,
         vec![
             ("GET".to_owned(), format!("{ACCOUNTS}/erp-links/{link}")),
-            ("POST".to_owned(), format!("{ACCOUNTS}/erp-links/{link}/block")),
+            (
+                "POST".to_owned(),
+                format!("{ACCOUNTS}/erp-links/{link}/block")
+            ),
         ]
     );
-    assert_eq!(calls[1].body_json(), Some(json!({ "note": "Credit limit exceeded in the ERP" })));
+    assert_eq!(
+        calls[1].body_json(),
+        Some(json!({ "note": "Credit limit exceeded in the ERP" }))
+    );
     assert_eq!(calls[1].header("content-type"), Some("application/json"));
-    assert!(calls[0].header("idempotency-key").is_none(), "reads carry no idempotency key");
+    assert!(
+        calls[0].header("idempotency-key").is_none(),
+        "reads carry no idempotency key"
+    );
 
-    let status = env.simulator.control().data(|data| data.erp_link(&link).unwrap().status);
+    let status = env.pick(|data| data.erp_link(&link).unwrap().status);
     assert_eq!(format!("{status:?}"), "Blocked");
     env.finish().await;
 }
@@ -67,12 +113,18 @@ async fn blocked_event_reads_then_blocks_with_note() {
 #[tokio::test]
 async fn blocked_event_without_reason_sends_no_body() {
     let env = TestEnv::start().await;
-    let link = env.simulator.control().data(|data| data.find_link(LinkCase::Blockable).unwrap().id.clone());
+    let link = env.pick(|data| data.find_link(LinkCase::Blockable).unwrap().id.clone());
 
-    env.publish(&envelope("ErpLink", Some(&link), "blocked", None)).await;
+    env.publish(&envelope("ErpLink", Some(&link), "blocked", None))
+        .await;
     env.wait_until_settled(1).await;
 
-    let calls = env.simulator.control().requests(&RequestFilter::path(format!("{ACCOUNTS}/erp-links/{link}/block")));
+    let calls = env
+        .simulator
+        .control()
+        .find_requests(&RequestFilter::path(format!(
+            "{ACCOUNTS}/erp-links/{link}/block"
+        )));
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].body, None);
     env.finish().await;
@@ -81,42 +133,69 @@ async fn blocked_event_without_reason_sends_no_body() {
 #[tokio::test]
 async fn unblocked_event_reads_then_unblocks() {
     let env = TestEnv::start().await;
-    let link = env.simulator.control().data(|data| data.find_link(LinkCase::Unblockable).unwrap().id.clone());
+    let link = env.pick(|data| data.find_link(LinkCase::Unblockable).unwrap().id.clone());
 
     let event = envelope("ErpLink", Some(&link), "unblocked", None);
     env.publish(&event).await;
     env.wait_until_settled(1).await;
-    assert_eq!(env.outcome_of(id_of(&event)).await.as_deref(), Some("applied"));
+    assert_eq!(
+        env.outcome_of(id_of(&event)).await.as_deref(),
+        Some("applied")
+    );
 
-    let calls = env.simulator.control().requests(&RequestFilter::path(format!("{ACCOUNTS}/erp-links/{link}*")));
-    let methods: Vec<(&str, &str)> = calls.iter().map(|call| (call.method.as_str(), call.path.as_str())).collect();
+    let calls = env
+        .simulator
+        .control()
+        .find_requests(&RequestFilter::path(format!(
+            "{ACCOUNTS}/erp-links/{link}*"
+        )));
+    let methods: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|call| (call.method.as_str(), call.path.as_str()))
+        .collect();
     assert_eq!(methods.len(), 2, "{methods:?}");
-    assert_eq!(methods[1], ("POST", format!("{ACCOUNTS}/erp-links/{link}/unblock").as_str()));
+    assert_eq!(
+        methods[1],
+        (
+            "POST",
+            format!("{ACCOUNTS}/erp-links/{link}/unblock").as_str()
+        )
+    );
     env.finish().await;
 }
 
 #[tokio::test]
 async fn link_already_in_target_status_gets_no_post() {
     let env = TestEnv::start().await;
-    let link = env.simulator.control().data(|data| data.find_link(LinkCase::Unblockable).unwrap().id.clone());
+    let link = env.pick(|data| data.find_link(LinkCase::Unblockable).unwrap().id.clone());
 
-    let event = envelope("ErpLink", Some(&link), "blocked", Some(json!({ "reason": "again" })));
+    let event = envelope(
+        "ErpLink",
+        Some(&link),
+        "blocked",
+        Some(json!({ "reason": "again" })),
+    );
     env.publish(&event).await;
     env.wait_until_settled(1).await;
-    assert_eq!(env.outcome_of(id_of(&event)).await.as_deref(), Some("applied"));
+    assert_eq!(
+        env.outcome_of(id_of(&event)).await.as_deref(),
+        Some("applied")
+    );
 
-    let posts = env
-        .simulator
-        .control()
-        .requests(&RequestFilter::path(format!("{ACCOUNTS}/erp-links/{link}/*")).with_method("POST"));
-    assert!(posts.is_empty(), "no POST for a link already Blocked: {posts:?}");
+    let posts = env.simulator.control().find_requests(
+        &RequestFilter::path(format!("{ACCOUNTS}/erp-links/{link}/*")).with_method("POST"),
+    );
+    assert!(
+        posts.is_empty(),
+        "no POST for a link already Blocked: {posts:?}"
+    );
     env.finish().await;
 }
 
 #[tokio::test]
 async fn same_event_twice_makes_one_call() {
     let env = TestEnv::start().await;
-    let buyer = env.simulator.control().data(|data| data.find_buyer(BuyerCase::Active).unwrap().id.clone());
+    let buyer = env.pick(|data| data.find_buyer(BuyerCase::Active).unwrap().id.clone());
 
     let event = envelope("Buyer", Some(&buyer), "updated", None);
     env.publish(&event).await;
@@ -125,7 +204,12 @@ async fn same_event_twice_makes_one_call() {
     assert_eq!(counts.applied, 1);
     assert_eq!(counts.duplicate, 1);
 
-    let calls = env.simulator.control().requests(&RequestFilter::path(format!("{ACCOUNTS}/buyers/{buyer}/synchronize")));
+    let calls = env
+        .simulator
+        .control()
+        .find_requests(&RequestFilter::path(format!(
+            "{ACCOUNTS}/buyers/{buyer}/synchronize"
+        )));
     assert_eq!(calls.len(), 1);
     let steps = env.audit_steps_of_event(id_of(&event)).await;
     assert!(steps.contains(&"duplicate".to_owned()), "{steps:?}");
@@ -135,7 +219,7 @@ async fn same_event_twice_makes_one_call() {
 #[tokio::test]
 async fn audit_trail_records_every_step() {
     let env = TestEnv::start().await;
-    let buyer = env.simulator.control().data(|data| data.find_buyer(BuyerCase::Active).unwrap().id.clone());
+    let buyer = env.pick(|data| data.find_buyer(BuyerCase::Active).unwrap().id.clone());
 
     let event = envelope("Buyer", Some(&buyer), "synchronizeRequested", None);
     env.publish(&event).await;
@@ -144,7 +228,14 @@ async fn audit_trail_records_every_step() {
     let steps = env.audit_steps_of_event(id_of(&event)).await;
     assert_eq!(
         steps,
-        vec!["received", "command_planned", "attempt_started", "attempt_finished", "applied", "applied"]
+        vec![
+            "received",
+            "command_planned",
+            "attempt_started",
+            "attempt_finished",
+            "applied",
+            "applied"
+        ]
     );
     let (status, duration): (Option<i32>, Option<f64>) = sqlx::query_as(
         "SELECT http_status, duration_ms FROM audit WHERE step = 'attempt_finished' AND object_id = $1",
@@ -161,7 +252,7 @@ async fn audit_trail_records_every_step() {
 #[tokio::test]
 async fn other_events_are_ignored_without_calls() {
     let env = TestEnv::start().await;
-    let buyer = env.simulator.control().data(|data| data.find_buyer(BuyerCase::Active).unwrap().id.clone());
+    let buyer = env.pick(|data| data.find_buyer(BuyerCase::Active).unwrap().id.clone());
 
     let ignored_buyer = envelope("Buyer", Some(&buyer), "disabled", None);
     let seller = envelope("Seller", Some("SEL-1234-5678"), "updated", None);
@@ -170,7 +261,10 @@ async fn other_events_are_ignored_without_calls() {
     let counts = env.wait_until_settled(2).await;
     assert_eq!(counts.ignored, 2);
 
-    assert!(env.simulator.control().requests(&RequestFilter::default()).is_empty(), "no platform call");
+    assert!(
+        env.simulator.control().requests().is_empty(),
+        "no platform call"
+    );
     let steps = env.audit_steps_of_event(id_of(&ignored_buyer)).await;
     assert_eq!(steps, vec!["received", "ignored"]);
     env.finish().await;

@@ -2,8 +2,8 @@
 //! simulator as the platform. Each test has its own database and queues, so tests run
 //! in parallel.
 
-mod binary;
 mod bad_input;
+mod binary;
 mod calls;
 mod failures;
 mod support;

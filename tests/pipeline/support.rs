@@ -8,7 +8,7 @@ use std::time::Duration;
 use erp_sync::broker::{BrokerLink, OutboundMessage, PublishOutcome, Publisher};
 use erp_sync::config::Config;
 use erp_sync::health::Readiness;
-use erp_sync::simulator::{self, RunningSimulator, SimulatorConfig};
+use erp_sync::simulator::{self, DataSet, RunningSimulator, SimulatorConfig};
 use erp_sync::storage::{Database, OutcomeCounts};
 use erp_sync::worker::Worker;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
@@ -56,23 +56,36 @@ impl TestEnv {
     /// Starts a pipeline after `adjust` changed its settings.
     pub async fn start_with(adjust: impl FnOnce(&mut Setup)) -> TestEnv {
         let name = format!("erp_sync_test_{}", Uuid::new_v4().simple());
-        let mut setup = Setup { config: test_config(&name), simulator: SimulatorConfig::default(), start_worker: true };
+        let mut setup = Setup {
+            config: test_config(&name),
+            simulator: SimulatorConfig::default(),
+            start_worker: true,
+        };
         setup.simulator.listen = "127.0.0.1:0".parse().unwrap();
         adjust(&mut setup);
 
-        let simulator = simulator::start(setup.simulator.clone()).await.expect("simulator starts");
+        let simulator = simulator::start(setup.simulator.clone())
+            .await
+            .expect("simulator starts");
         setup.config.platform.url = simulator.base_url();
 
-        Database::migrate(&setup.config.database).await.expect("test database is created and migrated");
-        let database = Database::connect(&setup.config.database).await.expect("test database accepts connections");
+        Database::migrate(&setup.config.database)
+            .await
+            .expect("test database is created and migrated");
+        let database = Database::connect(&setup.config.database)
+            .await
+            .expect("test database accepts connections");
 
-        let link = BrokerLink::connect(&setup.config.amqp).await.expect("RabbitMQ accepts connections");
+        let link = BrokerLink::connect(&setup.config.amqp)
+            .await
+            .expect("RabbitMQ accepts connections");
         link.declare_topology().await.expect("topology is declared");
         let publisher = link.publisher().await.expect("publisher channel opens");
 
-        let inspector = lapin::Connection::connect(BROKER_URL, lapin::ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ accepts connections");
+        let inspector =
+            lapin::Connection::connect(BROKER_URL, lapin::ConnectionProperties::default())
+                .await
+                .expect("RabbitMQ accepts connections");
 
         let mut env = TestEnv {
             name,
@@ -94,7 +107,9 @@ impl TestEnv {
     /// Starts the worker in-process.
     pub async fn start_worker(&mut self) {
         assert!(self.worker.is_none(), "the worker is already running");
-        let worker = Worker::prepare(self.config.clone()).await.expect("worker prepares");
+        let worker = Worker::prepare(self.config.clone())
+            .await
+            .expect("worker prepares");
         let readiness = worker.readiness.clone();
         self.readiness = readiness.clone();
         let token = CancellationToken::new();
@@ -105,6 +120,11 @@ impl TestEnv {
         })
         .await;
         self.worker = Some((token, handle));
+    }
+
+    /// Reads the simulator's data set, for picking ids of a given kind.
+    pub fn pick<T>(&self, choose: impl FnOnce(&DataSet) -> T) -> T {
+        choose(&self.simulator.control().data())
     }
 
     /// The readiness of the running worker.
@@ -121,28 +141,50 @@ impl TestEnv {
     pub async fn stop_worker(&mut self) -> anyhow::Result<()> {
         let (token, handle) = self.worker.take().expect("the worker is running");
         token.cancel();
-        tokio::time::timeout(WAIT_LIMIT, handle).await.expect("the worker stops in time").expect("the worker task ends")
+        tokio::time::timeout(WAIT_LIMIT, handle)
+            .await
+            .expect("the worker stops in time")
+            .expect("the worker task ends")
     }
 
     /// Publishes an envelope with the routing key the contract derives from it.
     pub async fn publish(&self, envelope: &Value) {
-        let object = envelope.pointer("/object/objectType").and_then(Value::as_str).unwrap_or("Unknown");
-        let event_type = envelope.pointer("/details/eventType").and_then(Value::as_str).unwrap_or("unknown");
+        let object = envelope
+            .pointer("/object/objectType")
+            .and_then(Value::as_str)
+            .unwrap_or("Unknown");
+        let event_type = envelope
+            .pointer("/details/eventType")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
         let routing_key = erp_sync::event::routing_key_for(object, event_type)
             .unwrap_or_else(|| format!("accounts.other.{event_type}"));
-        self.publish_raw(envelope.to_string().as_bytes(), &routing_key).await;
+        self.publish_raw(envelope.to_string().as_bytes(), &routing_key)
+            .await;
     }
 
     /// Publishes any body with a routing key.
     pub async fn publish_raw(&self, body: &[u8], routing_key: &str) {
-        self.publish_message(OutboundMessage { routing_key: routing_key.to_owned(), body: body.to_vec(), ..OutboundMessage::default() })
-            .await;
+        self.publish_message(OutboundMessage {
+            routing_key: routing_key.to_owned(),
+            body: body.to_vec(),
+            ..OutboundMessage::default()
+        })
+        .await;
     }
 
     /// Publishes a prepared message and checks that the broker routed it.
     pub async fn publish_message(&self, message: OutboundMessage) {
-        let outcome = self.publisher.publish_event(&self.config.amqp.exchange, &message).await.expect("publish");
-        assert_eq!(outcome, PublishOutcome::Confirmed, "the broker routed the message");
+        let outcome = self
+            .publisher
+            .publish_event(&self.config.amqp.exchange, &message)
+            .await
+            .expect("publish");
+        assert_eq!(
+            outcome,
+            PublishOutcome::Confirmed,
+            "the broker routed the message"
+        );
     }
 
     /// Waits until `deliveries` deliveries have an outcome and no event is unsettled.
@@ -156,7 +198,10 @@ impl TestEnv {
             }
         })
         .await;
-        self.database.outcome_counts().await.expect("outcome counts")
+        self.database
+            .outcome_counts()
+            .await
+            .expect("outcome counts")
     }
 
     /// The audit steps of an event and of the commands that serve it, in order.
@@ -209,7 +254,10 @@ impl TestEnv {
         let channel = self.link_channel().await;
         let mut messages = Vec::new();
         while let Some(message) = channel
-            .basic_get(self.config.amqp.dead_letter_queue.as_str().into(), BasicGetOptions::default())
+            .basic_get(
+                self.config.amqp.dead_letter_queue.as_str().into(),
+                BasicGetOptions::default(),
+            )
             .await
             .expect("basic.get")
         {
@@ -218,19 +266,31 @@ impl TestEnv {
                 .properties
                 .headers()
                 .as_ref()
-                .and_then(|headers| headers.inner().get(erp_sync::broker::REASON_HEADER).cloned())
+                .and_then(|headers| {
+                    headers
+                        .inner()
+                        .get(erp_sync::broker::REASON_HEADER)
+                        .cloned()
+                })
                 .and_then(|value| match value {
                     lapin::types::AMQPValue::LongString(text) => Some(text.to_string()),
                     _ => None,
                 });
-            message.delivery.ack(BasicAckOptions::default()).await.expect("ack");
+            message
+                .delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
             messages.push((reason, message.delivery.data.clone()));
         }
         messages
     }
 
     async fn link_channel(&self) -> lapin::Channel {
-        self.inspector.create_channel().await.expect("channel opens")
+        self.inspector
+            .create_channel()
+            .await
+            .expect("channel opens")
     }
 
     /// Stops the worker, checks that nothing is left unsettled, and removes the test's
@@ -239,7 +299,11 @@ impl TestEnv {
         if self.worker.is_some() {
             self.stop_worker().await.expect("the worker stops cleanly");
         }
-        let counts = self.database.outcome_counts().await.expect("outcome counts");
+        let counts = self
+            .database
+            .outcome_counts()
+            .await
+            .expect("outcome counts");
         assert_eq!(counts.unsettled, 0, "events left unsettled: {counts:?}");
         self.cleanup().await;
     }
@@ -250,10 +314,14 @@ impl TestEnv {
         let channel = self.link_channel().await;
         let amqp = &self.config.amqp;
         for queue in [&amqp.queue, &amqp.dead_letter_queue] {
-            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for exchange in [&amqp.exchange, &amqp.dead_letter_exchange] {
-            let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
         let _ = channel.close(200, "cleaned up".into()).await;
         let _ = self.inspector.close(200, "cleaned up".into()).await;
@@ -281,8 +349,14 @@ pub fn test_config(name: &str) -> Config {
 }
 
 async fn drop_database(name: &str) {
-    let Ok(pool) = sqlx::PgPool::connect(&format!("{DATABASE_SERVER}/postgres")).await else { return };
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&pool).await;
+    let Ok(pool) = sqlx::PgPool::connect(&format!("{DATABASE_SERVER}/postgres")).await else {
+        return;
+    };
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&pool)
+    .await;
     pool.close().await;
 }
 
@@ -297,13 +371,21 @@ where
         if condition().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// An envelope of the event contract.
-pub fn envelope(object_type: &str, object_id: Option<&str>, event_type: &str, data: Option<Value>) -> Value {
+pub fn envelope(
+    object_type: &str,
+    object_id: Option<&str>,
+    event_type: &str,
+    data: Option<Value>,
+) -> Value {
     let mut object = json!({ "objectType": object_type, "name": "Test object" });
     if let Some(id) = object_id {
         object["id"] = json!(id);
@@ -321,5 +403,6 @@ pub fn envelope(object_type: &str, object_id: Option<&str>, event_type: &str, da
 
 /// The envelope id as a UUID.
 pub fn id_of(envelope: &Value) -> Uuid {
-    Uuid::parse_str(envelope["id"].as_str().expect("envelope has an id")).expect("envelope id is a UUID")
+    Uuid::parse_str(envelope["id"].as_str().expect("envelope has an id"))
+        .expect("envelope id is a UUID")
 }

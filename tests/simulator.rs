@@ -1,0 +1,8 @@
+//! Integration tests of the Accounts API simulator. Each test starts its own simulator
+//! on port 0 and talks to it over HTTP on loopback.
+
+#[path = "simulator/support.rs"]
+mod support;
+
+#[path = "simulator/generator.rs"]
+mod generator;
