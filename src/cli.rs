@@ -84,6 +84,15 @@ pub struct DemoArgs {
 }
 
 impl Cli {
+    /// The log filter when `RUST_LOG` is not set: the demo prints its own progress and
+    /// summary, so it logs only warnings and errors.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Demo(_) => crate::telemetry::QUIET_FILTER,
+            _ => crate::telemetry::DEFAULT_FILTER,
+        }
+    }
+
     /// Loads the configuration the command runs with.
     pub fn load_config(&self) -> anyhow::Result<Config> {
         let mut config = Config::load(self.config.as_deref())?;

@@ -177,20 +177,24 @@ impl BatchProcessor<'_> {
                 return Ok(());
             }
 
-            let Some(results) = self.store(&batch).await? else {
+            let Some((items, results)) = self.store(&batch).await? else {
                 // Shut down while the database was unavailable: nothing of the batch is
                 // acknowledged, so the broker delivers it again later.
                 session.stop().await;
                 return Ok(());
             };
             session.ack(&batch).await?;
-            log_results(&batch, &results);
+            log_results(&items, &results);
         }
     }
 
     /// Dead-letters the bad deliveries, then stores the batch, retrying while the
     /// database is unavailable. Returns `None` when shutdown came first.
-    async fn store(&self, batch: &[Inbound]) -> Result<Option<Vec<IngestResult>>, BrokerError> {
+    #[allow(clippy::type_complexity)]
+    async fn store(
+        &self,
+        batch: &[Inbound],
+    ) -> Result<Option<(Vec<IngestItem>, Vec<IngestResult>)>, BrokerError> {
         let max_bytes = self.config.amqp.max_message_bytes;
         let mut items = Vec::with_capacity(batch.len());
         for inbound in batch {
@@ -206,7 +210,7 @@ impl BatchProcessor<'_> {
                         info!("database reachable again; storing events");
                     }
                     self.readiness.set_database_reachable(true);
-                    return Ok(Some(results));
+                    return Ok(Some((items, results)));
                 }
                 Err(error) => {
                     self.readiness.set_database_reachable(false);
@@ -263,24 +267,40 @@ impl BatchProcessor<'_> {
 
 /// Writes one line per delivery that settled at ingest; planned events are logged
 /// when their commands finish.
-fn log_results(batch: &[Inbound], results: &[IngestResult]) {
-    for (inbound, result) in batch.iter().zip(results) {
-        match result {
-            IngestResult::Planned { commands } => {
-                debug!(
-                    delivery_tag = inbound.delivery_tag,
-                    commands, "event stored"
+fn log_results(items: &[IngestItem], results: &[IngestResult]) {
+    for (item, result) in items.iter().zip(results) {
+        match (item, result) {
+            (IngestItem::Event(stored), IngestResult::Planned { commands }) => {
+                debug!(event.id = %stored.event.id, object.id = stored.event.subject.object_id(), commands, "event stored");
+            }
+            (IngestItem::Event(stored), IngestResult::Ignored | IngestResult::Duplicate) => {
+                let outcome = if *result == IngestResult::Ignored {
+                    "ignored"
+                } else {
+                    "duplicate"
+                };
+                info!(
+                    event.id = %stored.event.id,
+                    object.id = stored.event.subject.object_id(),
+                    event.type = %stored.event.event_type,
+                    redelivered = stored.redelivered,
+                    outcome,
+                    "event settled"
                 );
             }
-            IngestResult::Ignored => {
-                info!(routing_key = %inbound.routing_key, outcome = "ignored", "event settled");
+            (IngestItem::Rejected(message), IngestResult::DeadLettered { id }) => {
+                warn!(
+                    dead_letter.id = id,
+                    event.id = message.rejection.event_id.map(|id| id.to_string()),
+                    routing_key = %message.routing_key,
+                    reason = %message.rejection.reason,
+                    detail = %message.rejection.detail,
+                    size_bytes = message.size_bytes,
+                    outcome = "dead_lettered",
+                    "message dead-lettered"
+                );
             }
-            IngestResult::Duplicate => {
-                info!(routing_key = %inbound.routing_key, redelivered = inbound.redelivered, outcome = "duplicate", "event settled");
-            }
-            IngestResult::DeadLettered { id } => {
-                warn!(routing_key = %inbound.routing_key, dead_letter.id = id, outcome = "dead_lettered", "message dead-lettered");
-            }
+            _ => {}
         }
     }
 }

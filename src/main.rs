@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
             return Exit::for_error(&error).into();
         }
     };
-    init_logging(config.log.format);
+    init_logging(config.log.format, cli.default_log_filter());
 
     match run_command(cli, config).await {
         Ok(()) => Exit::Success.into(),

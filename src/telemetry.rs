@@ -9,11 +9,15 @@ use crate::config::LogFormat;
 /// Filter used when `RUST_LOG` is not set: erp-sync at info, its libraries at warn.
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=warn,hyper=warn,reqwest=warn";
 
-/// Installs the global log subscriber. Logs go to standard error so that commands that
-/// print results (`status --json`) keep standard output clean.
-pub fn init_logging(format: LogFormat) {
+/// Filter of commands that print their own report, such as the demo, when `RUST_LOG`
+/// is not set: only warnings and errors.
+pub const QUIET_FILTER: &str = "warn";
+
+/// Installs the global log subscriber with `default_filter` unless `RUST_LOG` is set.
+/// Logs go to standard error so that a command's report on standard output stays clean.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -22,7 +22,7 @@ pub const DEMO_EVENTS_PATH: &str = "fixtures/demo-events.jsonl";
 pub const MALFORMED_ROUTING_KEY: &str = "accounts.buyer.updated";
 
 /// Seed of the choices the generator makes (which buyers, which order).
-const FIXTURE_SEED: u64 = 2026_12_04;
+const FIXTURE_SEED: u64 = 20_261_204;
 
 /// Synchronize events (several buyers get more than one).
 const SYNCHRONIZE_EVENTS: usize = 700;

@@ -56,6 +56,7 @@ pub async fn execute_attempt(
     let duration = started.elapsed();
 
     let mut detail = json!({ "calls": context.calls });
+    let mut http_status = context.last_status();
     let (finish, error) = match result {
         Ok(Effect::Applied(how)) => {
             detail["effect"] = json!(how);
@@ -63,6 +64,8 @@ pub async fn execute_attempt(
         }
         Ok(Effect::Park { reason, message }) => (Finish::Parked { reason }, Some(message)),
         Err(failure) => {
+            // The failed call decides, even when a later read succeeded.
+            http_status = failure.status().or(http_status);
             if let Some(problem) = failure.problem() {
                 detail["problem"] = json!(problem);
             }
@@ -74,7 +77,7 @@ pub async fn execute_attempt(
     };
 
     AttemptRecord {
-        http_status: context.last_status(),
+        http_status,
         command,
         finish,
         error,

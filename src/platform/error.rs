@@ -63,8 +63,15 @@ impl ProblemDetails {
         if let Some(detail) = &self.detail {
             parts.push(detail.clone());
         }
-        if !self.errors.is_empty() {
-            parts.push(self.errors.join("; "));
+        // Business errors often repeat the detail word for word.
+        let errors: Vec<&str> = self
+            .errors
+            .iter()
+            .map(String::as_str)
+            .filter(|error| Some(*error) != self.detail.as_deref())
+            .collect();
+        if !errors.is_empty() {
+            parts.push(errors.join("; "));
         }
         if parts.is_empty() {
             "no details given".to_owned()
