@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::broker::BrokerLink;
 use crate::config::{Config, LogFormat};
 use crate::exit::Incomplete;
+use crate::operator::{self, ReplayRequest};
 use crate::publish::{prepare_lines, publish_lines};
-use crate::storage::Database;
+use crate::storage::{Database, DeadLetterSelector, ParkedSelector};
 use crate::worker::Worker;
 
 /// erp-sync keeps the SoftwareOne Marketplace Platform in step with the ERP: it consumes
@@ -47,6 +48,92 @@ pub enum Command {
     /// Run the whole pipeline once against the local PostgreSQL and RabbitMQ and the
     /// built-in simulator, then print a summary. Uses its own database and queues.
     Demo(DemoArgs),
+    /// Show commands by state, the age of the oldest due command, parked commands by
+    /// reason and dead letters waiting.
+    Status(StatusArgs),
+    /// Show the audit timeline of an event id, a command id or a platform object id.
+    Audit(AuditArgs),
+    /// Put parked commands back in line, after the cause was fixed.
+    Replay(ReplayArgs),
+    /// List the recorded dead letters, or publish chosen ones to the exchange again.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// An event id (UUID), a command id (number) or a platform object id such as
+    /// BUY-1234-5678 or ERP-1234-5678-9012.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Replay this command (repeatable).
+    #[arg(long = "command", value_name = "ID")]
+    pub commands: Vec<i64>,
+    /// Replay the parked commands of this event (repeatable).
+    #[arg(long = "event", value_name = "UUID")]
+    pub events: Vec<uuid::Uuid>,
+    /// Replay the parked commands about this platform object (repeatable).
+    #[arg(long = "object", value_name = "ID")]
+    pub objects: Vec<String>,
+    /// Replay the commands parked with this reason: permanent_failure,
+    /// retries_exhausted, erp_link_not_found or erp_link_disabled.
+    #[arg(long, value_name = "REASON")]
+    pub park_reason: Option<String>,
+    /// Why the commands are replayed; recorded in the audit trail with your user name.
+    #[arg(long, value_name = "TEXT", required_unless_present = "dry_run")]
+    pub reason: Option<String>,
+    /// Show what would be sent, beside what was sent last time, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List recorded dead letters, oldest first.
+    List {
+        /// Only dead letters with this reason, such as malformed_json.
+        #[arg(long, value_name = "REASON")]
+        dead_letter_reason: Option<String>,
+        /// Only dead letters not yet published again.
+        #[arg(long)]
+        waiting: bool,
+        /// Show at most this many.
+        #[arg(long, value_name = "COUNT")]
+        limit: Option<i64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish chosen dead letters to the events exchange again, with their original
+    /// body and routing key.
+    Republish {
+        /// Publish this dead letter (repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<i64>,
+        /// Publish the dead letters with this reason that were not published again yet.
+        #[arg(long, value_name = "REASON")]
+        dead_letter_reason: Option<String>,
+        /// Why they are published again; recorded in the audit trail with your user name.
+        #[arg(long, value_name = "TEXT", required_unless_present = "dry_run")]
+        reason: Option<String>,
+        /// Show what would be published and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +215,69 @@ pub async fn run_command(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Publish(args) => publish_file(&config, &args).await,
         Command::Demo(args) => crate::demo::run_demo(config, args.timeout).await,
+        Command::Status(args) => {
+            let database = Database::connect_checked(&config.database).await?;
+            operator::print_status(&database, args.json).await
+        }
+        Command::Audit(args) => {
+            let database = Database::connect_checked(&config.database).await?;
+            operator::print_timeline(&database, &args.id, args.json).await
+        }
+        Command::Replay(args) => {
+            let database = Database::connect_checked(&config.database).await?;
+            let request = ReplayRequest {
+                selector: ParkedSelector {
+                    command_ids: args.commands,
+                    event_ids: args.events,
+                    object_ids: args.objects,
+                    park_reason: args.park_reason,
+                },
+                reason: args.reason.unwrap_or_default(),
+                dry_run: args.dry_run,
+            };
+            operator::replay(&database, &config, &request).await
+        }
+        Command::DeadLetters(command) => {
+            let database = Database::connect_checked(&config.database).await?;
+            match command {
+                DeadLetterCommand::List {
+                    dead_letter_reason,
+                    waiting,
+                    limit,
+                    json,
+                } => {
+                    let selector = DeadLetterSelector {
+                        ids: Vec::new(),
+                        reason: dead_letter_reason,
+                        waiting_only: waiting,
+                        limit,
+                    };
+                    operator::list_dead_letters(&database, &selector, json).await
+                }
+                DeadLetterCommand::Republish {
+                    ids,
+                    dead_letter_reason,
+                    reason,
+                    dry_run,
+                } => {
+                    let waiting_only = ids.is_empty();
+                    let selector = DeadLetterSelector {
+                        ids,
+                        reason: dead_letter_reason,
+                        waiting_only,
+                        limit: None,
+                    };
+                    operator::republish_dead_letters(
+                        &database,
+                        &config,
+                        &selector,
+                        &reason.unwrap_or_default(),
+                        dry_run,
+                    )
+                    .await
+                }
+            }
+        }
     }
 }
 

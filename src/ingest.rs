@@ -16,7 +16,9 @@ use crate::config::Config;
 use crate::event::parse_event;
 use crate::health::Readiness;
 use crate::plan::plan_event;
-use crate::storage::{Database, IngestItem, IngestResult, RejectedMessage, StoredEvent};
+use crate::storage::{
+    Database, IngestItem, IngestResult, RejectedMessage, StoredBatch, StoredEvent,
+};
 
 /// Longest pause between two attempts to store a batch while the database is down.
 const MAX_STORE_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -177,24 +179,26 @@ impl BatchProcessor<'_> {
                 return Ok(());
             }
 
-            let Some((items, results)) = self.store(&batch).await? else {
+            let Some((items, stored)) = self.store(&batch).await? else {
                 // Shut down while the database was unavailable: nothing of the batch is
                 // acknowledged, so the broker delivers it again later.
                 session.stop().await;
                 return Ok(());
             };
             session.ack(&batch).await?;
-            log_results(&items, &results);
+            log_results(&items, &stored.results);
+            for event in &stored.settled {
+                info!(event.id = %event.id, object.id = event.object_id.as_deref().unwrap_or(""), outcome = %event.outcome, "event settled");
+            }
         }
     }
 
     /// Dead-letters the bad deliveries, then stores the batch, retrying while the
     /// database is unavailable. Returns `None` when shutdown came first.
-    #[allow(clippy::type_complexity)]
     async fn store(
         &self,
         batch: &[Inbound],
-    ) -> Result<Option<(Vec<IngestItem>, Vec<IngestResult>)>, BrokerError> {
+    ) -> Result<Option<(Vec<IngestItem>, StoredBatch)>, BrokerError> {
         let max_bytes = self.config.amqp.max_message_bytes;
         let mut items = Vec::with_capacity(batch.len());
         for inbound in batch {
@@ -205,12 +209,12 @@ impl BatchProcessor<'_> {
         let mut logged = false;
         loop {
             match self.database.store_batch(&items).await {
-                Ok(results) => {
+                Ok(stored) => {
                     if logged {
                         info!("database reachable again; storing events");
                     }
                     self.readiness.set_database_reachable(true);
-                    return Ok(Some((items, results)));
+                    return Ok(Some((items, stored)));
                 }
                 Err(error) => {
                     self.readiness.set_database_reachable(false);

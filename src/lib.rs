@@ -28,6 +28,7 @@ pub mod exit;
 pub mod health;
 pub mod ids;
 pub mod ingest;
+pub mod operator;
 pub mod plan;
 pub mod platform;
 pub mod publish;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{Event, Subject};
-use crate::ids::{BuyerId, ErpLinkId};
+use crate::ids::{BuyerId, ErpLinkId, SellerId};
 
 /// Buyer event types that ask for a synchronization with the ERP.
 pub const BUYER_SYNC_EVENT_TYPES: [&str; 5] = [
@@ -48,22 +48,44 @@ pub enum CommandSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
     },
+    /// Find the link of a buyer and a seller; the command then continues as a
+    /// [`CommandSpec::SetErpLinkStatus`] on that link.
+    ResolveErpLink {
+        buyer: BuyerId,
+        seller: SellerId,
+        target: LinkTarget,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// List the seller's buyers, following the pagination, and plan a synchronization
+    /// of each.
+    ListSellerBuyers { seller: SellerId },
 }
+
+/// Kind name of [`CommandSpec::SynchronizeBuyer`], the only kind that coalesces.
+pub const SYNCHRONIZE_BUYER: &str = "synchronize_buyer";
+/// Kind name of [`CommandSpec::SetErpLinkStatus`], the kind that can become stale.
+pub const SET_ERP_LINK_STATUS: &str = "set_erp_link_status";
 
 impl CommandSpec {
     /// The stored name of the command's kind.
     pub fn kind(&self) -> &'static str {
         match self {
-            CommandSpec::SynchronizeBuyer { .. } => "synchronize_buyer",
-            CommandSpec::SetErpLinkStatus { .. } => "set_erp_link_status",
+            CommandSpec::SynchronizeBuyer { .. } => SYNCHRONIZE_BUYER,
+            CommandSpec::SetErpLinkStatus { .. } => SET_ERP_LINK_STATUS,
+            CommandSpec::ResolveErpLink { .. } => "resolve_erp_link",
+            CommandSpec::ListSellerBuyers { .. } => "list_seller_buyers",
         }
     }
 
-    /// The platform id of the object the command changes.
+    /// The platform id of the object the command is about. A link known only by its
+    /// pair is filed under its buyer until it is resolved.
     pub fn object_id(&self) -> &str {
         match self {
             CommandSpec::SynchronizeBuyer { buyer } => buyer.as_str(),
             CommandSpec::SetErpLinkStatus { link, .. } => link.as_str(),
+            CommandSpec::ResolveErpLink { buyer, .. } => buyer.as_str(),
+            CommandSpec::ListSellerBuyers { seller } => seller.as_str(),
         }
     }
 
@@ -73,6 +95,10 @@ impl CommandSpec {
         match self {
             CommandSpec::SynchronizeBuyer { buyer } => format!("buyer:{buyer}"),
             CommandSpec::SetErpLinkStatus { link, .. } => format!("erp-link:{link}"),
+            CommandSpec::ResolveErpLink { buyer, seller, .. } => {
+                format!("erp-link-pair:{buyer}:{seller}")
+            }
+            CommandSpec::ListSellerBuyers { seller } => format!("seller:{seller}"),
         }
     }
 
@@ -95,6 +121,9 @@ pub enum Plan {
     Ignored(String),
 }
 
+/// Seller event types that lead to a synchronization of every buyer of the seller.
+pub const SELLER_FAN_OUT_EVENT_TYPES: [&str; 4] = ["disabled", "activated", "deleted", "updated"];
+
 /// Plans the commands of a validated event.
 pub fn plan_event(event: &Event) -> Plan {
     match &event.subject {
@@ -110,28 +139,44 @@ pub fn plan_event(event: &Event) -> Plan {
                 ))
             }
         }
-        Subject::ErpLink(link) => {
-            let target = if event.event_type == "blocked" {
-                LinkTarget::Blocked
+        Subject::Seller(seller) => {
+            if SELLER_FAN_OUT_EVENT_TYPES.contains(&event.event_type.as_str()) {
+                Plan::Commands(vec![CommandSpec::ListSellerBuyers {
+                    seller: seller.clone(),
+                }])
             } else {
-                LinkTarget::Active
-            };
-            let note = match target {
-                LinkTarget::Blocked => event.block_reason().map(str::to_owned),
-                LinkTarget::Active => None,
-            };
+                Plan::Ignored(format!(
+                    "Seller event type {:?} asks for no platform call",
+                    event.event_type
+                ))
+            }
+        }
+        Subject::ErpLink(link) => {
+            let (target, note) = link_target(event);
             Plan::Commands(vec![CommandSpec::SetErpLinkStatus {
                 link: link.clone(),
                 target,
                 note,
             }])
         }
-        // NOTE: seller fan-out and the ERP-link pair form are recorded as ignored until
-        // the worker can list a seller's buyers and resolve a link from its pair.
-        Subject::Seller(_) => Plan::Ignored("Seller events are not supported yet".to_owned()),
-        Subject::ErpLinkPair { .. } => {
-            Plan::Ignored("ErpLink events without object.id are not supported yet".to_owned())
+        Subject::ErpLinkPair { buyer, seller } => {
+            let (target, note) = link_target(event);
+            Plan::Commands(vec![CommandSpec::ResolveErpLink {
+                buyer: buyer.clone(),
+                seller: seller.clone(),
+                target,
+                note,
+            }])
         }
+    }
+}
+
+/// The status an ERP-link event asks for, with the block reason as the note.
+fn link_target(event: &Event) -> (LinkTarget, Option<String>) {
+    if event.event_type == "blocked" {
+        (LinkTarget::Blocked, event.block_reason().map(str::to_owned))
+    } else {
+        (LinkTarget::Active, None)
     }
 }
 

@@ -497,6 +497,18 @@ mod tests {
     }
 
     #[test]
+    fn readme_lists_every_variable() {
+        let readme = include_str!("../../README.md");
+        for (key, variable) in overridable_keys() {
+            let row = format!("| `{key}` | `{variable}` |");
+            assert!(
+                readme.contains(&row),
+                "README.md has no configuration row for {key}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_key_in_file_is_rejected() {
         let dir = std::env::temp_dir().join(format!("erp-sync-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -4,11 +4,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::ids::ErpLinkId;
+use crate::ids::{BuyerId, ErpLinkId, SellerId};
 use crate::plan::{CommandSpec, LinkTarget};
-use crate::platform::{CallContext, PlatformClient, PlatformError};
+use crate::platform::{Buyer, CallContext, PlatformClient, PlatformError, Rql};
 use crate::retry::RetryPolicy;
-use crate::storage::{AttemptRecord, ClaimedCommand, Finish};
+use crate::storage::{AttemptRecord, ClaimedCommand, Finish, FollowUp};
 
 /// Park reasons of the contract.
 pub mod park_reason {
@@ -23,6 +23,10 @@ pub mod park_reason {
 enum Effect {
     /// The effect is in place; the text says how.
     Applied(&'static str),
+    /// The seller's buyers were listed; each gets a synchronization.
+    Listed(Vec<BuyerId>),
+    /// The link of a buyer and a seller was found; the command continues on it.
+    Resolved(CommandSpec),
     /// The command cannot succeed for a reason the platform did not report as an error.
     Park {
         reason: &'static str,
@@ -44,23 +48,25 @@ pub async fn execute_attempt(
         calls: Vec::new(),
     };
     let started = Instant::now();
-    let result = match &command.spec {
-        CommandSpec::SynchronizeBuyer { buyer } => client
-            .synchronize_buyer(buyer, &mut context)
-            .await
-            .map(|()| Effect::Applied("synchronized")),
-        CommandSpec::SetErpLinkStatus { link, target, note } => {
-            set_link_status(client, link, *target, note.as_deref(), &mut context).await
-        }
-    };
+    let result = run_command(client, &command.spec, &mut context).await;
     let duration = started.elapsed();
 
     let mut detail = json!({ "calls": context.calls });
     let mut http_status = context.last_status();
+    let mut follow_up = FollowUp::None;
     let (finish, error) = match result {
         Ok(Effect::Applied(how)) => {
             detail["effect"] = json!(how);
             (Finish::Applied, None)
+        }
+        Ok(Effect::Listed(buyers)) => {
+            detail["effect"] = json!(format!("listed {} buyers", buyers.len()));
+            follow_up = FollowUp::SynchronizeBuyers(buyers);
+            (Finish::Applied, None)
+        }
+        Ok(Effect::Resolved(spec)) => {
+            detail["effect"] = json!(format!("resolved the ERP link {}", spec.object_id()));
+            (Finish::Continue { spec }, None)
         }
         Ok(Effect::Park { reason, message }) => (Finish::Parked { reason }, Some(message)),
         Err(failure) => {
@@ -83,7 +89,134 @@ pub async fn execute_attempt(
         error,
         duration,
         detail,
+        follow_up,
     }
+}
+
+/// Makes the calls of one command.
+async fn run_command(
+    client: &PlatformClient,
+    spec: &CommandSpec,
+    context: &mut CallContext,
+) -> Result<Effect, PlatformError> {
+    match spec {
+        CommandSpec::SynchronizeBuyer { buyer } => client
+            .synchronize_buyer(buyer, context)
+            .await
+            .map(|()| Effect::Applied("synchronized")),
+        CommandSpec::SetErpLinkStatus { link, target, note } => {
+            set_link_status(client, link, *target, note.as_deref(), context).await
+        }
+        CommandSpec::ResolveErpLink {
+            buyer,
+            seller,
+            target,
+            note,
+        } => resolve_link(client, buyer, seller, *target, note.clone(), context).await,
+        CommandSpec::ListSellerBuyers { seller } => client
+            .list_seller_buyers(seller, context)
+            .await
+            .map(|buyers| Effect::Listed(buyer_ids(buyers))),
+    }
+}
+
+/// Finds the link of a buyer and a seller, so the command can continue on it.
+async fn resolve_link(
+    client: &PlatformClient,
+    buyer: &BuyerId,
+    seller: &SellerId,
+    target: LinkTarget,
+    note: Option<String>,
+    context: &mut CallContext,
+) -> Result<Effect, PlatformError> {
+    let Some(found) = client.find_erp_link(buyer, seller, context).await? else {
+        return Ok(Effect::Park {
+            reason: park_reason::ERP_LINK_NOT_FOUND,
+            message: format!("no ERP link joins the buyer {buyer} and the seller {seller}"),
+        });
+    };
+    let Some(link) = ErpLinkId::parse(&found.id) else {
+        return Err(PlatformError::InvalidBody(format!(
+            "the platform returned the ERP link id {:?}",
+            found.id
+        )));
+    };
+    Ok(Effect::Resolved(CommandSpec::SetErpLinkStatus {
+        link,
+        target,
+        note,
+    }))
+}
+
+/// The ids of listed buyers, skipping any the platform returns in another shape.
+fn buyer_ids(buyers: Vec<Buyer>) -> Vec<BuyerId> {
+    buyers
+        .into_iter()
+        .filter_map(|buyer| {
+            let id = BuyerId::parse(&buyer.id);
+            if id.is_none() {
+                tracing::warn!(buyer.id = %buyer.id, "the platform listed a buyer id of an unknown shape; skipping it");
+            }
+            id
+        })
+        .collect()
+}
+
+/// The requests a command would make if it ran now, relative to
+/// `/public/v1/accounts`, for `erp-sync replay --dry-run`.
+pub fn planned_requests(spec: &CommandSpec, page_limit: u32) -> Vec<String> {
+    match spec {
+        CommandSpec::SynchronizeBuyer { buyer } => {
+            vec![format!("POST /buyers/{buyer}/synchronize")]
+        }
+        CommandSpec::SetErpLinkStatus { link, target, note } => {
+            link_requests(link.as_str(), *target, note.as_deref())
+        }
+        CommandSpec::ResolveErpLink {
+            buyer,
+            seller,
+            target,
+            note,
+        } => {
+            let filter = Rql::and([
+                Rql::eq("buyer.id", buyer.as_str()),
+                Rql::eq("seller.id", seller.as_str()),
+            ]);
+            let mut requests = vec![format!(
+                "GET /erp-links?{}&limit=2&offset=0",
+                filter.as_str()
+            )];
+            requests.extend(link_requests("{link found}", *target, note.as_deref()));
+            requests
+        }
+        CommandSpec::ListSellerBuyers { seller } => {
+            let filter = Rql::any("sellers", Rql::eq("id", seller.as_str()));
+            vec![
+                format!(
+                    "GET /buyers?{}&limit={page_limit}&offset=0, then the further pages",
+                    filter.as_str()
+                ),
+                "POST /buyers/{id}/synchronize for each buyer listed".to_owned(),
+            ]
+        }
+    }
+}
+
+fn link_requests(link: &str, target: LinkTarget, note: Option<&str>) -> Vec<String> {
+    let action = match target {
+        LinkTarget::Blocked => "block",
+        LinkTarget::Active => "unblock",
+    };
+    let body = note
+        .map(|note| format!(" {}", json!({ "note": note })))
+        .unwrap_or_default();
+    vec![
+        format!("GET /erp-links/{link}"),
+        format!(
+            "POST /erp-links/{link}/{action}{body} (only if the link is not {} already)",
+            target.status()
+        ),
+    ]
 }
 
 /// Chooses between retrying, parking and deferring after a failed call.

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-pub use execute::{execute_attempt, park_reason};
+pub use execute::{execute_attempt, park_reason, planned_requests};
 
 use crate::config::DispatchConfig;
 use crate::health::Readiness;
@@ -377,6 +377,13 @@ fn log_attempt(record: &AttemptRecord) {
             debug!(
                 command.id = command.id,
                 "attempt deferred until the token is accepted"
+            );
+        }
+        Finish::Continue { spec } => {
+            info!(
+                command.id = command.id,
+                object.id = spec.object_id(),
+                "ERP link resolved from its buyer and seller"
             );
         }
     }

@@ -41,6 +41,9 @@ const MAX_ERROR_TEXT: usize = 2048;
 pub struct CallRecord {
     pub method: String,
     pub path: String,
+    /// The JSON body sent, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     pub duration_ms: f64,
@@ -281,6 +284,7 @@ impl PlatformClient {
         context.calls.push(CallRecord {
             method: method.to_string(),
             path: record_path,
+            body: body.cloned(),
             status: match &result {
                 Ok((status, _)) => Some(status.as_u16()),
                 Err(error) => error.status(),

@@ -18,12 +18,25 @@ pub enum Step {
     DeadLettered,
     /// A command was planned for an event.
     CommandPlanned,
+    /// An event joined a pending command that already serves other events.
+    Coalesced,
+    /// A command was retired because a newer event about its object decides instead;
+    /// or an event whose commands were all retired so.
+    Superseded,
+    /// An ERP link known by its buyer and seller was found; the command continues on it.
+    LinkResolved,
     /// A worker claimed a command and started an attempt.
     AttemptStarted,
     /// An attempt ended; the row carries the HTTP status, the duration and the calls.
     AttemptFinished,
     /// A worker's lease on a running command ended before it recorded a result.
     LeaseExpired,
+    /// A worker stopped before its attempt finished and put the command back in line.
+    AttemptAbandoned,
+    /// An operator put a parked command back in line.
+    Replayed,
+    /// An operator published a dead letter to the exchange again.
+    Republished,
     /// A command, or an event whose commands all succeeded, was applied.
     Applied,
     /// A command failed for good, or an event has a parked command.
@@ -38,9 +51,15 @@ impl Step {
             Step::Ignored => "ignored",
             Step::DeadLettered => "dead_lettered",
             Step::CommandPlanned => "command_planned",
+            Step::Coalesced => "coalesced",
+            Step::Superseded => "superseded",
+            Step::LinkResolved => "link_resolved",
             Step::AttemptStarted => "attempt_started",
             Step::AttemptFinished => "attempt_finished",
             Step::LeaseExpired => "lease_expired",
+            Step::AttemptAbandoned => "attempt_abandoned",
+            Step::Replayed => "replayed",
+            Step::Republished => "republished",
             Step::Applied => "applied",
             Step::Parked => "parked",
         }

@@ -12,7 +12,9 @@ use sqlx::Row as _;
 use uuid::Uuid;
 
 use super::audit::{AuditRow, Step, insert_audit_rows};
-use super::{Database, micros};
+use super::planning::{NewCommand, lock_object_keys, plan_commands, supersede_stale_link_commands};
+use super::{Database, micros, notify_dispatchers};
+use crate::ids::BuyerId;
 use crate::plan::CommandSpec;
 
 /// A command this worker holds the lease of.
@@ -42,6 +44,18 @@ pub enum Finish {
     /// Not the command's fault (the token was refused): try again after the delay
     /// without counting this attempt.
     Deferred { delay: Duration },
+    /// The command continues as another spec at once, such as a link command once its
+    /// link was resolved from its buyer and seller.
+    Continue { spec: CommandSpec },
+}
+
+/// Work an applied command leaves behind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum FollowUp {
+    #[default]
+    None,
+    /// Plan a synchronization of each buyer, for the events the command serves.
+    SynchronizeBuyers(Vec<BuyerId>),
 }
 
 impl Finish {
@@ -49,14 +63,14 @@ impl Finish {
         match self {
             Finish::Applied => "applied",
             Finish::Parked { .. } => "parked",
-            Finish::Retry { .. } | Finish::Deferred { .. } => "pending",
+            Finish::Retry { .. } | Finish::Deferred { .. } | Finish::Continue { .. } => "pending",
         }
     }
 
     fn delay(&self) -> Duration {
         match self {
             Finish::Retry { delay } | Finish::Deferred { delay } => *delay,
-            Finish::Applied | Finish::Parked { .. } => Duration::ZERO,
+            Finish::Applied | Finish::Parked { .. } | Finish::Continue { .. } => Duration::ZERO,
         }
     }
 }
@@ -74,6 +88,8 @@ pub struct AttemptRecord {
     /// Machine-readable facts of the attempt: the calls made, the platform's Problem
     /// Details, the decision taken.
     pub detail: Value,
+    /// Commands to plan once the outcome is recorded.
+    pub follow_up: FollowUp,
 }
 
 /// An event that reached its outcome.
@@ -234,10 +250,26 @@ impl Database {
         .execute(&mut *transaction)
         .await?;
 
-        let audit = attempt_audit_rows(records, &updated, worker);
+        let mut audit = attempt_audit_rows(records, &updated, worker);
+        let held: Vec<&AttemptRecord> = records
+            .iter()
+            .filter(|record| updated.contains(&record.command.id))
+            .collect();
+        let mut superseded = continue_resolved(&mut transaction, &held, &mut audit).await?;
+        let planned_children = plan_follow_ups(&mut transaction, &held, &mut audit).await?;
+        superseded.extend(planned_children.superseded);
         insert_audit_rows(&mut *transaction, &audit).await?;
 
-        let settled = settle_events(&mut transaction, &updated).await?;
+        let mut finished = updated.clone();
+        finished.extend(&superseded);
+        let settled = settle_events(&mut transaction, &finished).await?;
+        if planned_children.planned
+            || held
+                .iter()
+                .any(|record| matches!(record.finish, Finish::Continue { .. }))
+        {
+            notify_dispatchers(&mut transaction).await?;
+        }
         transaction.commit().await?;
         Ok(settled)
     }
@@ -337,6 +369,125 @@ impl Database {
     }
 }
 
+/// Files commands that continue as another spec under their new object, and retires
+/// what that makes stale. Returns the superseded command ids.
+async fn continue_resolved(
+    transaction: &mut sqlx::PgConnection,
+    records: &[&AttemptRecord],
+    audit: &mut Vec<AuditRow>,
+) -> sqlx::Result<Vec<i64>> {
+    let continued: Vec<(&AttemptRecord, &CommandSpec)> = records
+        .iter()
+        .filter_map(|record| match &record.finish {
+            Finish::Continue { spec } => Some((*record, spec)),
+            _ => None,
+        })
+        .collect();
+    if continued.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let keys: std::collections::BTreeSet<String> = continued
+        .iter()
+        .map(|(_, spec)| spec.object_key())
+        .collect();
+    lock_object_keys(transaction, &keys).await?;
+
+    let ids: Vec<i64> = continued
+        .iter()
+        .map(|(record, _)| record.command.id)
+        .collect();
+    let kinds: Vec<&str> = continued.iter().map(|(_, spec)| spec.kind()).collect();
+    let specs: Vec<Value> = continued
+        .iter()
+        .map(|(_, spec)| serde_json::to_value(spec).expect("a command spec serializes to JSON"))
+        .collect();
+    let object_keys: Vec<String> = continued
+        .iter()
+        .map(|(_, spec)| spec.object_key())
+        .collect();
+    let object_ids: Vec<&str> = continued.iter().map(|(_, spec)| spec.object_id()).collect();
+    sqlx::query(
+        "WITH refiled AS ( \
+             UPDATE commands c SET kind = u.kind, spec = u.spec, object_key = u.object_key, object_id = u.object_id \
+             FROM unnest($1::int8[], $2::text[], $3::jsonb[], $4::text[], $5::text[]) \
+                  AS u(id, kind, spec, object_key, object_id) \
+             WHERE c.id = u.id \
+             RETURNING c.id, c.object_id) \
+         UPDATE events e SET object_id = refiled.object_id \
+         FROM command_events ce JOIN refiled ON refiled.id = ce.command_id \
+         WHERE e.id = ce.event_id AND e.object_id IS NULL",
+    )
+    .bind(&ids)
+    .bind(kinds)
+    .bind(specs)
+    .bind(&object_keys)
+    .bind(object_ids)
+    .execute(&mut *transaction)
+    .await?;
+
+    for (record, spec) in &continued {
+        audit.push(
+            AuditRow::new(Step::LinkResolved)
+                .command(record.command.id)
+                .object(Some(spec.object_id()))
+                .trace(record.command.traceparent.as_deref())
+                .detail(serde_json::json!({ "spec": spec })),
+        );
+    }
+    supersede_stale_link_commands(transaction, &object_keys, audit).await
+}
+
+/// What planning the follow-up commands did.
+struct PlannedFollowUps {
+    planned: bool,
+    superseded: Vec<i64>,
+}
+
+/// Plans the synchronizations that applied listings found, each serving the events of
+/// its listing.
+async fn plan_follow_ups(
+    transaction: &mut sqlx::PgConnection,
+    records: &[&AttemptRecord],
+    audit: &mut Vec<AuditRow>,
+) -> sqlx::Result<PlannedFollowUps> {
+    let mut children = Vec::new();
+    for record in records
+        .iter()
+        .filter(|record| record.finish == Finish::Applied)
+    {
+        let FollowUp::SynchronizeBuyers(buyers) = &record.follow_up else {
+            continue;
+        };
+        let command = &record.command;
+        let enqueue_time: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT enqueue_time FROM commands WHERE id = $1")
+                .bind(command.id)
+                .fetch_one(&mut *transaction)
+                .await?;
+        for buyer in buyers {
+            let spec = CommandSpec::SynchronizeBuyer {
+                buyer: buyer.clone(),
+            };
+            let name = format!("{}/{}", command.idempotency_key, buyer);
+            children.push(NewCommand {
+                idempotency_key: Uuid::new_v5(&command.idempotency_key, name.as_bytes()),
+                spec,
+                event_ids: command.event_ids.clone(),
+                enqueue_time,
+                traceparent: command.traceparent.clone(),
+                tracestate: command.tracestate.clone(),
+                parent_id: Some(command.id),
+            });
+        }
+    }
+    let (planned, superseded) = plan_commands(transaction, &children, audit).await?;
+    Ok(PlannedFollowUps {
+        planned: !planned.is_empty(),
+        superseded,
+    })
+}
+
 fn attempt_audit_rows(records: &[AttemptRecord], updated: &[i64], worker: &str) -> Vec<AuditRow> {
     let mut rows = Vec::with_capacity(records.len() * 2);
     for record in records {
@@ -377,7 +528,7 @@ fn attempt_audit_rows(records: &[AttemptRecord], updated: &[i64], worker: &str) 
                 Step::Parked,
                 json!({ "reason": reason, "status": record.http_status, "error": record.error }),
             )),
-            Finish::Retry { .. } | Finish::Deferred { .. } => None,
+            Finish::Retry { .. } | Finish::Deferred { .. } | Finish::Continue { .. } => None,
         };
         if let Some((step, detail)) = terminal {
             rows.push(
@@ -398,6 +549,7 @@ fn finish_name(finish: &Finish) -> &'static str {
         Finish::Retry { .. } => "retry",
         Finish::Parked { .. } => "parked",
         Finish::Deferred { .. } => "deferred",
+        Finish::Continue { .. } => "continue",
     }
 }
 
@@ -407,7 +559,7 @@ fn finish_name(finish: &Finish) -> &'static str {
 /// The event rows are locked first, so when two transactions finish the last two
 /// commands of one event at the same time, the second one waits, then sees the first
 /// one's commit in its next statement and settles the event.
-async fn settle_events(
+pub(super) async fn settle_events(
     transaction: &mut sqlx::PgConnection,
     finished: &[i64],
 ) -> sqlx::Result<Vec<SettledEvent>> {

@@ -1,13 +1,15 @@
 //! Storing a batch of deliveries: events, their commands, dead letters and the audit
 //! rows of all of them, in one transaction that commits before any delivery is acked.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::json;
 use uuid::Uuid;
 
 use super::audit::{AuditRow, Step, insert_audit_rows};
-use super::{COMMANDS_CHANNEL, Database};
+use super::commands::{SettledEvent, settle_events};
+use super::planning::{NewCommand, plan_commands};
+use super::{Database, notify_dispatchers};
 use crate::event::{Event, Rejection};
 use crate::plan::Plan;
 
@@ -56,29 +58,60 @@ pub enum IngestResult {
     DeadLettered { id: i64 },
 }
 
+/// What storing a batch did: one result per delivery, and the events that reached
+/// their outcome in the same transaction (stale link commands are superseded at once).
+#[derive(Debug, Clone, Default)]
+pub struct StoredBatch {
+    pub results: Vec<IngestResult>,
+    pub settled: Vec<SettledEvent>,
+}
+
 impl Database {
     /// Stores a batch of deliveries in one transaction and wakes the dispatchers when
     /// it planned commands. Returns one result per item, in order.
-    pub async fn store_batch(&self, items: &[IngestItem]) -> sqlx::Result<Vec<IngestResult>> {
+    pub async fn store_batch(&self, items: &[IngestItem]) -> sqlx::Result<StoredBatch> {
         let mut transaction = self.pool().begin().await?;
 
         let candidates = first_occurrences(items);
         let inserted = insert_events(&mut transaction, &candidates).await?;
-        let command_ids = insert_commands(&mut transaction, &candidates, &inserted).await?;
+
+        let mut audit = Vec::with_capacity(items.len() * 2);
+        let new_commands = new_commands(&candidates, &inserted);
+        let received: Vec<&StoredEvent> = candidates
+            .iter()
+            .copied()
+            .filter(|stored| inserted.contains(&stored.event.id))
+            .collect();
+        for stored in &received {
+            audit.push(received_row(stored));
+            if let Plan::Ignored(reason) = &stored.plan {
+                audit.push(
+                    AuditRow::new(Step::Ignored)
+                        .event(stored.event.id)
+                        .object(stored.event.subject.object_id())
+                        .trace(stored.traceparent.as_deref())
+                        .detail(json!({ "reason": reason })),
+                );
+            }
+        }
+        let (_, superseded) = plan_commands(&mut transaction, &new_commands, &mut audit).await?;
 
         let mut results = Vec::with_capacity(items.len());
-        let mut audit = Vec::with_capacity(items.len() * 2);
         let mut seen = HashSet::new();
         for item in items {
             match item {
                 IngestItem::Event(stored) => {
                     let is_new =
                         inserted.contains(&stored.event.id) && seen.insert(stored.event.id);
-                    let result = if is_new {
-                        audit_new_event(stored, &command_ids, &mut audit)
-                    } else {
-                        audit.push(duplicate_row(stored));
-                        IngestResult::Duplicate
+                    let result = match (&stored.plan, is_new) {
+                        (_, false) => {
+                            audit.push(duplicate_row(stored));
+                            IngestResult::Duplicate
+                        }
+                        (Plan::Ignored(_), true) => IngestResult::Ignored,
+                        (Plan::Commands(commands), true) => IngestResult::Planned {
+                            commands: commands.len(),
+                        },
                     };
                     results.push(result);
                 }
@@ -91,15 +124,38 @@ impl Database {
         }
 
         insert_audit_rows(&mut *transaction, &audit).await?;
-        if !command_ids.is_empty() {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(COMMANDS_CHANNEL)
-                .execute(&mut *transaction)
-                .await?;
+        let settled = settle_events(&mut transaction, &superseded).await?;
+        if !new_commands.is_empty() {
+            notify_dispatchers(&mut transaction).await?;
         }
         transaction.commit().await?;
-        Ok(results)
+        Ok(StoredBatch { results, settled })
     }
+}
+
+/// The commands planned by the events that were new.
+fn new_commands(events: &[&StoredEvent], inserted: &HashSet<Uuid>) -> Vec<NewCommand> {
+    let mut commands = Vec::new();
+    for stored in events
+        .iter()
+        .filter(|stored| inserted.contains(&stored.event.id))
+    {
+        let Plan::Commands(specs) = &stored.plan else {
+            continue;
+        };
+        for spec in specs {
+            commands.push(NewCommand {
+                spec: spec.clone(),
+                event_ids: vec![stored.event.id],
+                enqueue_time: stored.event.enqueue_time,
+                traceparent: stored.traceparent.clone(),
+                tracestate: stored.tracestate.clone(),
+                parent_id: None,
+                idempotency_key: spec.idempotency_key(stored.event.id),
+            });
+        }
+    }
+    commands
 }
 
 /// The events of the batch whose id appears for the first time in it.
@@ -187,77 +243,6 @@ async fn insert_events(
     Ok(rows.into_iter().collect())
 }
 
-/// Inserts the commands planned by the new events, links them to their events, and
-/// returns the command id of each idempotency key.
-async fn insert_commands(
-    transaction: &mut sqlx::PgConnection,
-    events: &[&StoredEvent],
-    inserted: &HashSet<Uuid>,
-) -> sqlx::Result<HashMap<Uuid, i64>> {
-    let mut kinds = Vec::new();
-    let mut object_keys = Vec::new();
-    let mut object_ids = Vec::new();
-    let mut specs = Vec::new();
-    let mut enqueue_times = Vec::new();
-    let mut keys = Vec::new();
-    let mut traceparents = Vec::new();
-    let mut tracestates = Vec::new();
-    let mut event_of_key = Vec::new();
-
-    for stored in events
-        .iter()
-        .filter(|stored| inserted.contains(&stored.event.id))
-    {
-        let Plan::Commands(commands) = &stored.plan else {
-            continue;
-        };
-        for spec in commands {
-            kinds.push(spec.kind());
-            object_keys.push(spec.object_key());
-            object_ids.push(spec.object_id().to_owned());
-            specs.push(serde_json::to_value(spec).expect("a command spec serializes to JSON"));
-            enqueue_times.push(stored.event.enqueue_time);
-            keys.push(spec.idempotency_key(stored.event.id));
-            traceparents.push(stored.traceparent.as_deref());
-            tracestates.push(stored.tracestate.as_deref());
-            event_of_key.push(stored.event.id);
-        }
-    }
-    if kinds.is_empty() {
-        return Ok(HashMap::new());
-    }
-
-    let rows: Vec<(i64, Uuid)> = sqlx::query_as(
-        "INSERT INTO commands (kind, object_key, object_id, spec, enqueue_time, idempotency_key, \
-                               traceparent, tracestate) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], \
-                              $6::uuid[], $7::text[], $8::text[]) \
-         RETURNING id, idempotency_key",
-    )
-    .bind(kinds)
-    .bind(object_keys)
-    .bind(object_ids)
-    .bind(specs)
-    .bind(enqueue_times)
-    .bind(&keys)
-    .bind(traceparents)
-    .bind(tracestates)
-    .fetch_all(&mut *transaction)
-    .await?;
-    let command_ids: HashMap<Uuid, i64> = rows.into_iter().map(|(id, key)| (key, id)).collect();
-
-    let link_commands: Vec<i64> = keys.iter().map(|key| command_ids[key]).collect();
-    sqlx::query(
-        "INSERT INTO command_events (command_id, event_id) \
-         SELECT * FROM unnest($1::int8[], $2::uuid[])",
-    )
-    .bind(link_commands)
-    .bind(event_of_key)
-    .execute(&mut *transaction)
-    .await?;
-    Ok(command_ids)
-}
-
 async fn insert_dead_letter(
     transaction: &mut sqlx::PgConnection,
     message: &RejectedMessage,
@@ -278,56 +263,20 @@ async fn insert_dead_letter(
     .await
 }
 
-fn audit_new_event(
-    stored: &StoredEvent,
-    command_ids: &HashMap<Uuid, i64>,
-    audit: &mut Vec<AuditRow>,
-) -> IngestResult {
+fn received_row(stored: &StoredEvent) -> AuditRow {
     let event = &stored.event;
-    let object_id = event.subject.object_id();
-    audit.push(
-        AuditRow::new(Step::Received)
-            .event(event.id)
-            .object(object_id)
-            .trace(stored.traceparent.as_deref())
-            .detail(json!({
-                "objectType": event.subject.object_type(),
-                "eventType": event.event_type,
-                "enqueueTime": event.enqueue_time,
-                "routingKey": stored.routing_key,
-                "sizeBytes": stored.size_bytes,
-                "redelivered": stored.redelivered,
-            })),
-    );
-
-    match &stored.plan {
-        Plan::Ignored(reason) => {
-            audit.push(
-                AuditRow::new(Step::Ignored)
-                    .event(event.id)
-                    .object(object_id)
-                    .trace(stored.traceparent.as_deref())
-                    .detail(json!({ "reason": reason })),
-            );
-            IngestResult::Ignored
-        }
-        Plan::Commands(commands) => {
-            for spec in commands {
-                let key = spec.idempotency_key(event.id);
-                audit.push(
-                    AuditRow::new(Step::CommandPlanned)
-                        .event(event.id)
-                        .command(command_ids[&key])
-                        .object(Some(spec.object_id()))
-                        .trace(stored.traceparent.as_deref())
-                        .detail(json!({ "spec": spec, "idempotencyKey": key })),
-                );
-            }
-            IngestResult::Planned {
-                commands: commands.len(),
-            }
-        }
-    }
+    AuditRow::new(Step::Received)
+        .event(event.id)
+        .object(event.subject.object_id())
+        .trace(stored.traceparent.as_deref())
+        .detail(json!({
+            "objectType": event.subject.object_type(),
+            "eventType": event.event_type,
+            "enqueueTime": event.enqueue_time,
+            "routingKey": stored.routing_key,
+            "sizeBytes": stored.size_bytes,
+            "redelivered": stored.redelivered,
+        }))
 }
 
 fn duplicate_row(stored: &StoredEvent) -> AuditRow {

@@ -7,6 +7,8 @@
 mod audit;
 mod commands;
 mod ingest;
+mod operator;
+mod planning;
 mod report;
 
 use std::str::FromStr;
@@ -18,8 +20,13 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 pub use audit::{AuditRow, Step};
-pub use commands::{AttemptRecord, ClaimedCommand, Finish};
-pub use ingest::{IngestItem, IngestResult, RejectedMessage, StoredEvent};
+pub use commands::{AttemptRecord, ClaimedCommand, Finish, FollowUp, SettledEvent};
+pub use ingest::{IngestItem, IngestResult, RejectedMessage, StoredBatch, StoredEvent};
+pub use operator::{
+    COMMAND_STATES, DeadLetter, DeadLetterSelector, ParkedCommand, ParkedSelector, ReplayResult,
+    StatusReport, TimelineRow,
+};
+pub use planning::{NewCommand, PlannedCommand};
 pub use report::{OutcomeCounts, SettlementProgress};
 
 use crate::config::DatabaseConfig;
@@ -197,6 +204,15 @@ impl Database {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Wakes idle dispatchers of every worker when the transaction commits.
+pub(crate) async fn notify_dispatchers(transaction: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(COMMANDS_CHANNEL)
+        .execute(&mut *transaction)
+        .await?;
+    Ok(())
 }
 
 fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {

@@ -5,5 +5,6 @@
 mod bad_input;
 mod binary;
 mod calls;
+mod client;
 mod failures;
 mod support;
