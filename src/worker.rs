@@ -25,7 +25,9 @@ pub struct Worker {
 impl Worker {
     /// Connects to the database, checks its schema and prepares the platform client.
     pub async fn prepare(config: Config) -> anyhow::Result<Worker> {
-        let database = Database::connect_checked(&config.database).await?;
+        let database = Database::connect_checked(&config.database)
+            .await?
+            .with_coalesce_window(config.dispatch.coalesce_window);
         Ok(Worker {
             config: Arc::new(config),
             database,

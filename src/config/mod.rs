@@ -94,6 +94,8 @@ pub struct DispatchConfig {
     pub auth_pause: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub coalesce_window: Duration,
 }
 
 /// Retry schedule of failed platform calls.
@@ -121,6 +123,9 @@ pub struct PlatformConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub page_limit: u32,
+    pub max_rate: f64,
+    #[serde(with = "humantime_serde")]
+    pub max_pause: Duration,
 }
 
 /// Format of the log lines.
@@ -335,6 +340,12 @@ impl Config {
             return Err(fail(
                 "platform.timeout",
                 "timeouts must be longer than zero".into(),
+            ));
+        }
+        if !(self.platform.max_rate >= 0.0 && self.platform.max_rate.is_finite()) {
+            return Err(fail(
+                "platform.max_rate",
+                "must be a number of calls per second, 0 for no limit".into(),
             ));
         }
         if !(1..=1000).contains(&self.platform.page_limit) {

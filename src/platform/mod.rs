@@ -10,6 +10,7 @@ mod error;
 mod model;
 mod retry_after;
 mod rql;
+mod throttle;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,12 +26,16 @@ pub use error::{PlatformError, ProblemDetails};
 pub use model::{Buyer, ErpLink, ListMeta, ObjectRef, Page, Pagination};
 pub use retry_after::parse_retry_after;
 pub use rql::Rql;
+pub use throttle::Throttle;
 
 use crate::config::PlatformConfig;
 use crate::ids::{BuyerId, ErpLinkId, SellerId};
 
 /// `User-Agent` of every request.
 pub const USER_AGENT_VALUE: &str = concat!("erp-sync/", env!("CARGO_PKG_VERSION"));
+
+/// Pause of every call after a 429 without `Retry-After`.
+const DEFAULT_BACK_OFF: Duration = Duration::from_secs(1);
 
 /// Largest error body kept as text when it is not Problem Details, in bytes.
 const MAX_ERROR_TEXT: usize = 2048;
@@ -75,6 +80,7 @@ pub struct PlatformClient {
     accounts_root: String,
     timeout: Duration,
     page_limit: u32,
+    throttle: std::sync::Arc<Throttle>,
 }
 
 impl PlatformClient {
@@ -105,6 +111,10 @@ impl PlatformClient {
             accounts_root: format!("{}/public/v1/accounts", config.url),
             timeout: config.timeout,
             page_limit: config.page_limit,
+            throttle: std::sync::Arc::new(Throttle::new(
+                (config.max_rate > 0.0).then_some(config.max_rate),
+                config.max_pause,
+            )),
         })
     }
 
@@ -275,6 +285,7 @@ impl PlatformClient {
                 .body(body.to_string());
         }
 
+        self.throttle.acquire().await;
         let started = Instant::now();
         let result = self.exchange(request).await;
         let record_path = match query {
@@ -326,6 +337,12 @@ impl PlatformClient {
                 let date = headers.get(DATE).and_then(|date| date.to_str().ok());
                 parse_retry_after(value, date, SystemTime::now())
             });
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())
+        {
+            // Every call slows down, not only the command that got this answer.
+            self.throttle.back_off(retry_after.unwrap_or(DEFAULT_BACK_OFF));
+        }
         Err(PlatformError::Status {
             status: status.as_u16(),
             problem,

@@ -256,7 +256,7 @@ impl Database {
             .filter(|record| updated.contains(&record.command.id))
             .collect();
         let mut superseded = continue_resolved(&mut transaction, &held, &mut audit).await?;
-        let planned_children = plan_follow_ups(&mut transaction, &held, &mut audit).await?;
+        let planned_children = plan_follow_ups(&mut transaction, &held, self.coalesce_window(), &mut audit).await?;
         superseded.extend(planned_children.superseded);
         insert_audit_rows(&mut *transaction, &audit).await?;
 
@@ -449,6 +449,7 @@ struct PlannedFollowUps {
 async fn plan_follow_ups(
     transaction: &mut sqlx::PgConnection,
     records: &[&AttemptRecord],
+    coalesce_window: Duration,
     audit: &mut Vec<AuditRow>,
 ) -> sqlx::Result<PlannedFollowUps> {
     let mut children = Vec::new();
@@ -481,7 +482,7 @@ async fn plan_follow_ups(
             });
         }
     }
-    let (planned, superseded) = plan_commands(transaction, &children, audit).await?;
+    let (planned, superseded) = plan_commands(transaction, &children, coalesce_window, audit).await?;
     Ok(PlannedFollowUps {
         planned: !planned.is_empty(),
         superseded,

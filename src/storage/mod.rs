@@ -58,6 +58,8 @@ pub enum SchemaError {
 #[derive(Clone, Debug)]
 pub struct Database {
     pool: PgPool,
+    /// Delay before the first call of a new synchronization, so later events join it.
+    coalesce_window: Duration,
 }
 
 impl Database {
@@ -78,7 +80,10 @@ impl Database {
                     crate::config::redact_url(config.url.expose())
                 )
             })?;
-        Ok(Database { pool })
+        Ok(Database {
+            pool,
+            coalesce_window: Duration::ZERO,
+        })
     }
 
     /// Creates the database when it does not exist and applies every migration.
@@ -195,6 +200,16 @@ impl Database {
     /// Answers whether the database accepts a query, for readiness checks.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Makes new synchronizations wait `window` before their first call.
+    pub fn with_coalesce_window(mut self, window: Duration) -> Database {
+        self.coalesce_window = window;
+        self
+    }
+
+    pub(crate) fn coalesce_window(&self) -> Duration {
+        self.coalesce_window
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -16,6 +16,7 @@
 //! each other's command.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -24,6 +25,7 @@ use sqlx::Row as _;
 use uuid::Uuid;
 
 use super::audit::{AuditRow, Step};
+use super::micros;
 use crate::plan::{CommandSpec, SET_ERP_LINK_STATUS, SYNCHRONIZE_BUYER};
 
 /// A command to plan for one or more events.
@@ -52,6 +54,7 @@ pub struct PlannedCommand {
 pub(super) async fn plan_commands(
     transaction: &mut PgConnection,
     commands: &[NewCommand],
+    coalesce_window: Duration,
     audit: &mut Vec<AuditRow>,
 ) -> sqlx::Result<(Vec<PlannedCommand>, Vec<i64>)> {
     if commands.is_empty() {
@@ -67,7 +70,7 @@ pub(super) async fn plan_commands(
 
     let joinable = pending_synchronizations(transaction, commands).await?;
     let (leaders, targets) = choose_leaders(commands, &joinable);
-    let inserted = insert_leaders(transaction, commands, &leaders).await?;
+    let inserted = insert_leaders(transaction, commands, &leaders, coalesce_window).await?;
 
     let mut planned = Vec::with_capacity(commands.len());
     for (index, command) in commands.iter().enumerate() {
@@ -202,6 +205,7 @@ async fn insert_leaders(
     transaction: &mut PgConnection,
     commands: &[NewCommand],
     leaders: &[usize],
+    coalesce_window: Duration,
 ) -> sqlx::Result<HashMap<usize, i64>> {
     if leaders.is_empty() {
         return Ok(HashMap::new());
@@ -224,12 +228,22 @@ async fn insert_leaders(
         .map(|command| command.tracestate.as_deref())
         .collect();
     let parents: Vec<Option<i64>> = chosen().map(|command| command.parent_id).collect();
+    let delays: Vec<i64> = chosen()
+        .map(|command| match command.spec.kind() {
+            SYNCHRONIZE_BUYER => micros(coalesce_window),
+            _ => 0,
+        })
+        .collect();
 
     let rows: Vec<(i64, Uuid)> = sqlx::query_as(
         "INSERT INTO commands (kind, object_key, object_id, spec, enqueue_time, idempotency_key, \
-                               traceparent, tracestate, parent_id) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], \
-                              $6::uuid[], $7::text[], $8::text[], $9::int8[]) \
+                               traceparent, tracestate, parent_id, next_attempt_at) \
+         SELECT kind, object_key, object_id, spec, enqueue_time, idempotency_key, traceparent, \
+                tracestate, parent_id, now() + delay * interval '1 microsecond' \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], \
+                     $6::uuid[], $7::text[], $8::text[], $9::int8[], $10::int8[]) \
+              AS u(kind, object_key, object_id, spec, enqueue_time, idempotency_key, traceparent, \
+                   tracestate, parent_id, delay) \
          RETURNING id, idempotency_key",
     )
     .bind(kinds)
@@ -241,6 +255,7 @@ async fn insert_leaders(
     .bind(traceparents)
     .bind(tracestates)
     .bind(parents)
+    .bind(delays)
     .fetch_all(&mut *transaction)
     .await?;
 

@@ -6,5 +6,6 @@ mod bad_input;
 mod binary;
 mod calls;
 mod client;
+mod guarantees;
 mod failures;
 mod support;

@@ -36,7 +36,8 @@ pub struct TestEnv {
     publisher: Publisher,
     inspector: lapin::Connection,
     readiness: Arc<Readiness>,
-    worker: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    /// Workers started by the test, each with its own consumer and dispatcher.
+    workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
 }
 
 /// Settings a test changes before the pipeline starts.
@@ -96,7 +97,7 @@ impl TestEnv {
             publisher,
             inspector,
             readiness: Arc::new(Readiness::new()),
-            worker: None,
+            workers: Vec::new(),
         };
         if setup.start_worker {
             env.start_worker().await;
@@ -104,9 +105,9 @@ impl TestEnv {
         env
     }
 
-    /// Starts the worker in-process.
+    /// Starts a worker in-process; a test may start several, which share the database
+    /// and the queue like separate processes would.
     pub async fn start_worker(&mut self) {
-        assert!(self.worker.is_none(), "the worker is already running");
         let worker = Worker::prepare(self.config.clone())
             .await
             .expect("worker prepares");
@@ -119,7 +120,7 @@ impl TestEnv {
             async move { readiness.is_consuming() }
         })
         .await;
-        self.worker = Some((token, handle));
+        self.workers.push((token, handle));
     }
 
     /// Reads the simulator's data set, for picking ids of a given kind.
@@ -132,19 +133,22 @@ impl TestEnv {
         self.readiness.clone()
     }
 
-    /// Whether the running worker has a consumer on the work queue.
+    /// Whether the last started worker has a consumer on the work queue.
     pub fn worker_is_consuming(&self) -> bool {
-        self.worker.is_some() && self.readiness.is_consuming()
+        !self.workers.is_empty() && self.readiness.is_consuming()
     }
 
-    /// Stops the worker and returns how it ended.
+    /// Stops every worker and returns how the last one ended.
     pub async fn stop_worker(&mut self) -> anyhow::Result<()> {
-        let (token, handle) = self.worker.take().expect("the worker is running");
-        token.cancel();
-        tokio::time::timeout(WAIT_LIMIT, handle)
-            .await
-            .expect("the worker stops in time")
-            .expect("the worker task ends")
+        let mut result = Ok(());
+        for (token, handle) in self.workers.drain(..) {
+            token.cancel();
+            result = tokio::time::timeout(WAIT_LIMIT, handle)
+                .await
+                .expect("the worker stops in time")
+                .expect("the worker task ends");
+        }
+        result
     }
 
     /// Publishes an envelope with the routing key the contract derives from it.
@@ -296,7 +300,7 @@ impl TestEnv {
     /// Stops the worker, checks that nothing is left unsettled, and removes the test's
     /// database, queues and exchanges.
     pub async fn finish(mut self) {
-        if self.worker.is_some() {
+        if !self.workers.is_empty() {
             self.stop_worker().await.expect("the worker stops cleanly");
         }
         let counts = self
