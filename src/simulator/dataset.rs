@@ -82,7 +82,7 @@ macro_rules! identified {
 
 identified!(Account, Seller, Buyer, ErpLink, Licensee);
 
-/// Objects of one kind in id order, which is the default order of list answers.
+/// Objects of one kind in id order, which is the default order of list responses.
 ///
 /// A vector sorted by id with binary search keeps lookups at O(log n) without hashing,
 /// which also keeps start-up fast in unoptimized test builds.
@@ -471,13 +471,13 @@ impl DataSet {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// The buyer's ERP links, in id order.
+    /// Iterates over the buyer's ERP links, in id order.
     pub fn links_of_buyer(&self, buyer_id: &str) -> impl Iterator<Item = &ErpLink> {
         let positions = Self::relation(&self.index.links_by_buyer, self.buyers.position(buyer_id));
         self.erp_links.at(positions)
     }
 
-    /// The seller's ERP links, in id order.
+    /// Iterates over the seller's ERP links, in id order.
     pub fn links_of_seller(&self, seller_id: &str) -> impl Iterator<Item = &ErpLink> {
         let positions = Self::relation(
             &self.index.links_by_seller,
@@ -486,7 +486,7 @@ impl DataSet {
         self.erp_links.at(positions)
     }
 
-    /// The buyers linked to the seller, in id order.
+    /// Iterates over the buyers linked to the seller, in id order.
     pub fn buyers_of_seller(&self, seller_id: &str) -> impl Iterator<Item = &Buyer> {
         let positions = Self::relation(
             &self.index.buyers_by_seller,
@@ -504,7 +504,7 @@ impl DataSet {
         .len()
     }
 
-    /// The buyer's licensees, in id order.
+    /// Iterates over the buyer's licensees, in id order.
     pub fn licensees_of_buyer(&self, buyer_id: &str) -> impl Iterator<Item = &Licensee> {
         let positions = Self::relation(
             &self.index.licensees_by_buyer,
@@ -513,7 +513,7 @@ impl DataSet {
         self.licensees.at(positions)
     }
 
-    /// The seller's licensees, in id order.
+    /// Iterates over the seller's licensees, in id order.
     pub fn licensees_of_seller(&self, seller_id: &str) -> impl Iterator<Item = &Licensee> {
         let positions = Self::relation(
             &self.index.licensees_by_seller,
@@ -522,19 +522,19 @@ impl DataSet {
         self.licensees.at(positions)
     }
 
-    /// The sellers the buyer is linked to, in the id order of the links.
+    /// Iterates over the sellers the buyer is linked to, in the id order of the links.
     pub fn sellers_of_buyer(&self, buyer_id: &str) -> impl Iterator<Item = &Seller> {
         self.links_of_buyer(buyer_id)
             .filter_map(|link| self.sellers.get(&link.seller.id))
     }
 
-    /// The ERP link of a buyer and seller pair; a pair has at most one.
+    /// Returns the ERP link of a buyer and seller pair; a pair has at most one.
     pub fn link_of_pair(&self, buyer_id: &str, seller_id: &str) -> Option<&ErpLink> {
         self.links_of_buyer(buyer_id)
             .find(|link| link.seller.id == seller_id)
     }
 
-    /// The licensees of a buyer and seller pair, in id order.
+    /// Iterates over the licensees of a buyer and seller pair, in id order.
     pub fn licensees_of_pair<'a>(
         &'a self,
         buyer_id: &'a str,
@@ -549,12 +549,12 @@ impl DataSet {
         self.licensees_of_seller(seller_id).any(Licensee::is_in_use)
     }
 
-    /// The first ERP link, in id order, that fits the case.
+    /// Returns the first ERP link, in id order, that fits the case.
     pub fn find_link(&self, case: LinkCase) -> Option<&ErpLink> {
         self.find_links(case).next()
     }
 
-    /// Every ERP link that fits the case, in id order.
+    /// Iterates over the ERP links that fit the case, in id order.
     pub fn find_links(&self, case: LinkCase) -> impl Iterator<Item = &ErpLink> {
         self.erp_links
             .iter()
@@ -609,12 +609,12 @@ impl DataSet {
         }
     }
 
-    /// The first buyer, in id order, that fits the case.
+    /// Returns the first buyer, in id order, that fits the case.
     pub fn find_buyer(&self, case: BuyerCase) -> Option<&Buyer> {
         self.find_buyers(case).next()
     }
 
-    /// Every buyer that fits the case, in id order.
+    /// Iterates over the buyers that fit the case, in id order.
     pub fn find_buyers(&self, case: BuyerCase) -> impl Iterator<Item = &Buyer> {
         self.buyers
             .iter()
@@ -648,14 +648,15 @@ impl DataSet {
         }
     }
 
-    /// The first seller, in id order, that fits the case.
+    /// Returns the first seller, in id order, that fits the case.
     pub fn find_seller(&self, case: SellerCase) -> Option<&Seller> {
         self.sellers
             .iter()
             .find(|seller| self.seller_fits(seller, case))
     }
 
-    /// The first seller, in id order, that fits the case and has a buyer count in `buyers`.
+    /// Returns the first seller, in id order, that fits the case and has a buyer count
+    /// in `buyers`.
     pub fn find_seller_with_buyers(
         &self,
         case: SellerCase,
@@ -781,7 +782,7 @@ impl DataSet {
     }
 }
 
-/// Why an object patch failed.
+/// Reason an object patch failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatchError {
     #[error("no object has this id")]

@@ -50,7 +50,7 @@ pub(crate) fn api_router() -> Router<Arc<App>> {
         .route("/licensees/{id}/disable", post(disable_licensee))
 }
 
-/// Answers 404 for a path no endpoint serves.
+/// Responds 404 to a path no endpoint serves.
 pub(crate) async fn unknown_route(uri: axum::http::Uri) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
@@ -58,7 +58,7 @@ pub(crate) async fn unknown_route(uri: axum::http::Uri) -> Problem {
     )
 }
 
-/// Answers 405 for a known path with another method.
+/// Responds 405 to a known path with another method.
 pub(crate) async fn method_not_allowed(
     method: axum::http::Method,
     uri: axum::http::Uri,
@@ -77,7 +77,7 @@ fn render_options(select: &Select, behaviour: &Behaviour) -> RenderOptions {
     }
 }
 
-/// Lists the fields an answer left out, as the platform's `$meta.omitted` does.
+/// Lists the fields a response leaves out, as the platform's `$meta.omitted` does.
 fn omitted<R: Resource>(options: &RenderOptions) -> Vec<&'static str> {
     R::OMITTED
         .iter()
@@ -86,7 +86,7 @@ fn omitted<R: Resource>(options: &RenderOptions) -> Vec<&'static str> {
         .collect()
 }
 
-/// Renders one object as a get or an action answers it, with `$meta.omitted`.
+/// Renders one object as the response of a get or an action, with `$meta.omitted`.
 fn render_one<R: Resource>(
     data: &DataSet,
     object: &R,

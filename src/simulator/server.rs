@@ -1,7 +1,7 @@
 //! Start-up, the accept loop and shutdown.
 //!
 //! Connections are served with hyper directly rather than `axum::serve`, so a fault
-//! can drop one connection without an HTTP answer: the request's handler signals its
+//! can drop one connection without an HTTP response: the request's handler signals its
 //! connection task, which drops (or resets) the socket.
 
 use std::future::Future;
@@ -227,7 +227,7 @@ async fn serve_connection(stream: TcpStream, router: Router, shutdown: Cancellat
                     tracing::debug!(%error, "simulator could not set SO_LINGER for a reset");
                 }
             }
-            // Dropping the connection closes the socket without an answer.
+            // Dropping the connection closes the socket without a response.
         }
         () = shutdown.cancelled() => {
             std::pin::Pin::new(&mut connection).graceful_shutdown();
