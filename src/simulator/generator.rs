@@ -11,6 +11,8 @@
 //! | ERP links | 1 to 3 per buyer; 10 % Blocked; every link of the Disabled seller Disabled, remembering its previous status |
 //! | licensees | on about a quarter of the links; Active, Enabled or Disabled following the buyer and the link |
 
+use std::fmt::Write as _;
+
 use chrono::{DateTime, Duration, Utc};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -112,9 +114,10 @@ impl IdSequence {
             groups.push(index % 9999 + 1);
             index /= 9999;
         }
-        let mut id = String::from(self.prefix);
+        let mut id = String::with_capacity(self.prefix.len() + 5 * groups.len());
+        id.push_str(self.prefix);
         for group in groups.iter().rev() {
-            id.push_str(&format!("-{group:04}"));
+            write!(id, "-{group:04}").expect("writing to a String cannot fail");
         }
         id
     }

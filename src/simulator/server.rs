@@ -114,7 +114,12 @@ impl Drop for RunningSimulator {
 /// Starts the simulator on the current tokio runtime and returns once it listens.
 pub async fn start(config: SimulatorConfig) -> anyhow::Result<RunningSimulator> {
     let listen = config.listen;
-    let app = Arc::new(App::new(config)?);
+    // Generating or loading the data set takes a noticeable time at large sizes, so it
+    // runs on the blocking pool instead of stalling the caller's runtime thread.
+    let app = tokio::task::spawn_blocking(move || App::new(config))
+        .await
+        .context("the simulator's data-set task failed")??;
+    let app = Arc::new(app);
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!("failed to listen on {listen} (the simulator `listen` setting)")
     })?;

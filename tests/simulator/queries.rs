@@ -172,8 +172,8 @@ async fn link_of_pair_raw_and_encoded() {
 
     assert_eq!(raw_status, StatusCode::OK);
     assert_eq!(encoded_status, StatusCode::OK);
-    assert_eq!(ids(&raw), [link.id.clone()]);
-    assert_eq!(ids(&encoded), [link.id.clone()]);
+    assert_eq!(ids(&raw), [link.id.as_str()]);
+    assert_eq!(ids(&encoded), [link.id.as_str()]);
     assert_eq!(ids(&partly), [link.id]);
 }
 
