@@ -1,4 +1,4 @@
-//! Answers match the platform's documented shapes: field names, null fields left out,
+//! Responses match the platform's documented shapes: field names, null fields left out,
 //! references, `$meta`, Problem Details, and authentication.
 
 use erp_sync::simulator::{
@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::support::{start, start_with};
 
-/// Fails on any null anywhere in the answer, since the platform leaves null fields out.
+/// Fails on any null anywhere in the response, since the platform leaves null fields out.
 fn assert_no_nulls(value: &Value, path: &str) {
     match value {
         Value::Null => panic!("`{path}` is null"),

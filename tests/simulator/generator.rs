@@ -76,8 +76,8 @@ fn same_seed_gives_same_data() {
 
 #[test]
 fn seed_42_ids_are_stable() {
-    // These ids appear in the documentation; a change here changes the data set that
-    // every user of the default seed sees.
+    // The documentation quotes these ids, and users of the default seed rely on them,
+    // so a change here is a change to the default data set.
     let data = generate(42, 10_000, 24);
 
     assert_eq!(

@@ -520,6 +520,15 @@ async fn malformed_queries_answer_400() {
         assert!(messages[0].is_string(), "{query}");
         assert!(problem["traceId"].is_string(), "{query}");
     }
+
+    let (status, problem) = sim
+        .get(&format!("/erp-links?{}", encode("eq(status,Active")))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        problem["errors"]["eq(status,Active"][0].is_string(),
+        "errors are keyed by the decoded part: {problem}"
+    );
 }
 
 #[tokio::test]
