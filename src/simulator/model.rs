@@ -306,7 +306,7 @@ impl Buyer {
 #[serde(rename_all = "camelCase")]
 pub struct ErpLink {
     pub id: String,
-    /// "<buyer name> - <seller name>".
+    /// `<buyer name> - <seller name>`.
     pub name: String,
     pub status: ErpLinkStatus,
     /// Free text; the ERP integration writes the block reason here.
