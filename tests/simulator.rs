@@ -6,3 +6,18 @@ mod support;
 
 #[path = "simulator/generator.rs"]
 mod generator;
+
+#[path = "simulator/contract.rs"]
+mod contract;
+
+#[path = "simulator/rules.rs"]
+mod rules;
+
+#[path = "simulator/faults.rs"]
+mod faults;
+
+#[path = "simulator/queries.rs"]
+mod queries;
+
+#[path = "simulator/control.rs"]
+mod control;

@@ -37,7 +37,7 @@ pub struct SimulatorConfig {
     /// Bearer tokens of the operations account, accepted on every API call.
     pub tokens: Vec<String>,
     /// Bearer tokens of a client account: reads are allowed, operations-only actions
-    /// (synchronize, block, unblock, seller status changes) answer 403.
+    /// (synchronize, block, unblock, seller status changes) get 403.
     pub client_tokens: Vec<String>,
     /// Seed of the data-set generator and of probabilistic faults and latency.
     pub seed: u64,
@@ -61,9 +61,9 @@ pub struct SimulatorConfig {
     pub max_page_limit: u32,
     /// HTTP status of a business rejection: 400 or 409.
     pub illegal_transition_status: u16,
-    /// Answer to an action on an object already in the target status.
+    /// Response to an action on an object already in the target status.
     pub repeated_action: RepeatedAction,
-    /// What `POST /buyers/{id}/synchronize` returns.
+    /// Response of `POST /buyers/{id}/synchronize`.
     pub synchronize_response: SynchronizeResponse,
     /// Time between a synchronize call and its effect on the links.
     #[serde(with = "humantime_serde")]
@@ -71,14 +71,14 @@ pub struct SimulatorConfig {
     /// Delay of the simulator's own buyer synchronization after a seller or link change.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub auto_sync: Option<Duration>,
-    /// Body of a 401 answer.
+    /// Body of a 401 response.
     pub unauthorized_body: UnauthorizedBody,
-    /// Shape of a seller's currencies in answers.
+    /// Shape of a seller's currencies in responses.
     pub seller_currencies: CurrencyShape,
-    /// Extra delay before every API answer.
+    /// Extra delay before every API response.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
-    /// Limit on API requests per second, answered 429 when exceeded.
+    /// Limit on API requests per second; requests over it get 429.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
 }
@@ -99,32 +99,32 @@ pub struct Behaviour {
     pub max_page_limit: u32,
     /// HTTP status of a business rejection: 400 or 409.
     pub illegal_transition_status: u16,
-    /// Answer to an action on an object already in the target status, such as block
+    /// Response to an action on an object already in the target status, such as block
     /// on a Blocked link.
     pub repeated_action: RepeatedAction,
-    /// What `POST /buyers/{id}/synchronize` returns.
+    /// Response of `POST /buyers/{id}/synchronize`.
     pub synchronize_response: SynchronizeResponse,
     /// Time between a synchronize call and its effect on the links. Zero applies the
-    /// change before the answer is sent.
+    /// change before the response is sent.
     #[serde(with = "humantime_serde")]
     pub synchronize_delay: Duration,
     /// When set, the simulator synchronizes buyers by itself this long after a seller
     /// status change or an ERP-link block or unblock, as the platform does.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub auto_sync: Option<Duration>,
-    /// Body of a 401 answer.
+    /// Body of a 401 response.
     pub unauthorized_body: UnauthorizedBody,
-    /// Shape of a seller's currencies in answers.
+    /// Shape of a seller's currencies in responses.
     pub seller_currencies: CurrencyShape,
-    /// Extra delay before every API answer.
+    /// Extra delay before every API response.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
-    /// Limit on API requests per second, answered 429 when exceeded.
+    /// Limit on API requests per second; requests over it get 429.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
 }
 
-/// Answer to an action that would leave the object in the status it already has.
+/// Response to an action that would leave the object in the status it already has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RepeatedAction {
@@ -134,23 +134,23 @@ pub enum RepeatedAction {
     Noop,
 }
 
-/// Answer of `POST /buyers/{id}/synchronize`.
+/// Response of `POST /buyers/{id}/synchronize`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SynchronizeResponse {
     /// 200 with the Buyer, as the platform's Python client expects.
     Buyer,
-    /// 202 with an empty body, as a queued job would answer.
+    /// 202 with an empty body, as an API that queues the work responds.
     Accepted,
 }
 
-/// Body of a 401 answer.
+/// Body of a 401 response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnauthorizedBody {
     /// Problem Details with title "Unauthorized".
     Problem,
-    /// No body at all, as many API gateways answer.
+    /// No body at all, as many API gateways respond.
     Empty,
 }
 
@@ -226,7 +226,7 @@ impl RateLimit {
 pub struct ConfigError {
     /// Key under `[simulator]`, dotted for nested values.
     pub key: String,
-    /// What is wrong and what is accepted.
+    /// The problem and the accepted values.
     pub message: String,
 }
 
@@ -314,7 +314,7 @@ impl SimulatorConfig {
         if self.tokens.iter().all(|token| token.trim().is_empty()) {
             return Err(ConfigError::new(
                 "tokens",
-                "no bearer token is set, so every API call would answer 401; add at least one",
+                "no bearer token is set, so every API call would get 401; add at least one",
             ));
         }
         if self.fixture.is_none() {

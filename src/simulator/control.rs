@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -91,7 +91,7 @@ impl SimulatorControl {
     }
 
     /// Waits until at least `count` entries match the filter and returns them. Set
-    /// `filter.finished` to wait for answers rather than arrivals.
+    /// `filter.finished` to wait for responses rather than arrivals.
     pub async fn wait_for_requests(
         &self,
         filter: &RequestFilter,
@@ -131,7 +131,7 @@ impl SimulatorControl {
         self.app.log_changed();
     }
 
-    /// Returns the counters of answered requests.
+    /// Returns the request counters.
     pub fn stats(&self) -> Stats {
         self.app.log.lock().stats()
     }
@@ -292,9 +292,11 @@ async fn health(State(app): State<Arc<App>>) -> Json<Value> {
 
 async fn list_requests(
     State(app): State<Arc<App>>,
-    Query(filter): Query<RequestFilter>,
-) -> Json<Vec<LoggedRequest>> {
-    Json(control(&app).find_requests(&filter))
+    uri: Uri,
+) -> Result<Json<Vec<LoggedRequest>>, Problem> {
+    let Query(filter) = Query::<RequestFilter>::try_from_uri(&uri)
+        .map_err(|rejection| Problem::invalid("query", rejection.body_text()))?;
+    Ok(Json(control(&app).find_requests(&filter)))
 }
 
 async fn clear_requests(State(app): State<Arc<App>>) -> StatusCode {

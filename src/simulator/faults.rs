@@ -30,11 +30,11 @@ pub struct FaultRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probability: Option<f64>,
     /// Whether the request is handled normally before the fault shows, so an action
-    /// takes effect but its answer is lost or replaced. Applies to `status`, `hang` and
+    /// takes effect but its response is lost or replaced. Applies to `status`, `hang` and
     /// `close_connection`; `delay` and `stall_body` always handle the request.
     #[serde(default, skip_serializing_if = "is_false")]
     pub process_request: bool,
-    /// What happens to a matching request.
+    /// Effect on a matching request.
     pub fault: Fault,
 }
 
@@ -42,11 +42,11 @@ fn is_false(value: &bool) -> bool {
     !value
 }
 
-/// What happens to a request that a rule matches.
+/// Effect of a fault rule on a request it matches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fault {
-    /// Answer with this status and a Problem Details body.
+    /// Respond with this status and a Problem Details body.
     Status {
         status: u16,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,17 +55,17 @@ pub enum Fault {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
-    /// Wait, then answer normally.
+    /// Wait, then respond normally.
     Delay {
         #[serde(with = "humantime_serde")]
         delay: Duration,
     },
-    /// Never answer; the connection stays open until the client gives up.
+    /// Never respond; the connection stays open until the client gives up.
     Hang,
     /// Send the status line, the headers (with the full `Content-Length`) and the first
     /// half of the normal body, then stall forever.
     StallBody,
-    /// Close the TCP connection without any HTTP answer.
+    /// Close the TCP connection without any HTTP response.
     CloseConnection {
         /// Send a TCP reset (RST) instead of a normal close (FIN).
         #[serde(default, skip_serializing_if = "is_false")]
@@ -79,7 +79,7 @@ pub enum Fault {
 pub enum RetryAfter {
     /// A number of seconds: `Retry-After: 5`.
     Seconds(u64),
-    /// An HTTP date this many seconds after the answer:
+    /// An HTTP date this many seconds after the response:
     /// `Retry-After: Fri, 04 Dec 2026 10:15:07 GMT`.
     HttpDate(u64),
 }
@@ -161,7 +161,7 @@ impl FaultRule {
 }
 
 impl Fault {
-    /// A status answer without `Retry-After`.
+    /// Builds a status fault without `Retry-After`.
     pub fn status(status: u16) -> Self {
         Fault::Status {
             status,
@@ -170,7 +170,7 @@ impl Fault {
         }
     }
 
-    /// A status answer with `Retry-After`.
+    /// Builds a status fault with `Retry-After`.
     pub fn status_retry_after(status: u16, retry_after: RetryAfter) -> Self {
         Fault::Status {
             status,
@@ -201,7 +201,7 @@ pub struct ActiveFault {
     pub rule: FaultRule,
 }
 
-/// What to do with one request.
+/// Decision about one request.
 #[derive(Debug, Clone)]
 pub(crate) struct Decision {
     /// Extra delay from the latency distribution.
@@ -241,7 +241,7 @@ pub(crate) struct Gate {
 impl Gate {
     pub(crate) fn new(seed: u64) -> Self {
         let mut latency_rng = ChaCha8Rng::seed_from_u64(seed);
-        // Stream 0 belongs to nobody else: rule streams start at 1.
+        // Rule streams start at 1, so stream 0 is for latency draws only.
         latency_rng.set_stream(0);
         Self {
             seed,

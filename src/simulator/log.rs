@@ -38,7 +38,7 @@ pub struct LoggedRequest {
     /// Body as UTF-8 (lossy), cut at [`LOGGED_BODY_LIMIT`] bytes; absent when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// Status answered; absent while in flight and for faults that send no status.
+    /// Response status; absent while in flight and for faults that send no status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// Fault applied to the request, if any.
@@ -86,7 +86,7 @@ pub struct RequestFilter {
     pub path: Option<String>,
     /// Only entries with a sequence number greater than this.
     pub since: Option<u64>,
-    /// Only entries answered with this status.
+    /// Only entries with this response status.
     pub status: Option<u16>,
     /// Only entries whose outcome is known (`true`: a status was sent or a hang or
     /// closed-connection fault applied) or still in flight (`false`).
@@ -96,7 +96,7 @@ pub struct RequestFilter {
 }
 
 impl RequestFilter {
-    /// A filter on a path glob.
+    /// Builds a filter on a path glob.
     pub fn path(glob: impl Into<String>) -> Self {
         Self {
             path: Some(glob.into()),
@@ -156,17 +156,17 @@ impl CompiledFilter<'_> {
     }
 }
 
-/// Counters of answered API requests.
+/// Counters of API requests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// API requests received.
     pub requests: u64,
-    /// Answers per route (`METHOD /path/{id}/action`) and status; requests that got no
+    /// Responses per route (`METHOD /path/{id}/action`) and status; requests that got no
     /// status (hang, closed connection) count under `none`.
     pub routes: BTreeMap<String, BTreeMap<String, u64>>,
     /// Requests that a fault rule matched.
     pub faults: u64,
-    /// Requests answered 429 by the global rate limit.
+    /// Requests rejected with 429 by the global rate limit.
     pub rate_limited: u64,
     /// Entries in the request log now.
     pub log_entries: usize,
@@ -183,6 +183,8 @@ pub(crate) struct RequestLog {
     next_seq: u64,
     dropped: u64,
     stats: Stats,
+    /// Responses per route and status (`None`: no status was sent).
+    routes: BTreeMap<String, BTreeMap<Option<u16>, u64>>,
 }
 
 impl RequestLog {
@@ -193,6 +195,7 @@ impl RequestLog {
             next_seq: 1,
             dropped: 0,
             stats: Stats::default(),
+            routes: BTreeMap::new(),
         }
     }
 
@@ -233,8 +236,8 @@ impl RequestLog {
         seq
     }
 
-    /// Records the answer (or its absence) and the fault of a request.
-    pub(crate) fn record_answer(
+    /// Records the response status (or its absence) and the fault of a request.
+    pub(crate) fn record_response(
         &mut self,
         seq: u64,
         route: &str,
@@ -248,20 +251,21 @@ impl RequestLog {
                 self.stats.rate_limited += 1;
             }
         }
-        let status_key = status.map_or_else(|| "none".to_owned(), |status| status.to_string());
-        let route_key =
-            if self.stats.routes.len() >= MAX_ROUTES && !self.stats.routes.contains_key(route) {
-                "other"
-            } else {
-                route
-            };
-        *self
-            .stats
+        // Allocates only for a route's first request, since this runs for every request.
+        let known = self.routes.contains_key(route);
+        let route = if known || self.routes.len() < MAX_ROUTES {
+            route
+        } else {
+            "other"
+        };
+        if !self.routes.contains_key(route) {
+            self.routes.insert(route.to_owned(), BTreeMap::new());
+        }
+        let counts = self
             .routes
-            .entry(route_key.to_owned())
-            .or_default()
-            .entry(status_key)
-            .or_default() += 1;
+            .get_mut(route)
+            .expect("the route was just inserted");
+        *counts.entry(status).or_default() += 1;
 
         let Some(first) = self.entries.front().map(|entry| entry.seq) else {
             return;
@@ -297,12 +301,30 @@ impl RequestLog {
             log_entries: self.entries.len(),
             log_capacity: self.capacity,
             log_dropped: self.dropped,
+            routes: self
+                .routes
+                .iter()
+                .map(|(route, counts)| {
+                    let counts = counts
+                        .iter()
+                        .map(|(status, count)| {
+                            (
+                                status
+                                    .map_or_else(|| "none".to_owned(), |status| status.to_string()),
+                                *count,
+                            )
+                        })
+                        .collect();
+                    (route.clone(), counts)
+                })
+                .collect(),
             ..self.stats.clone()
         }
     }
 
     pub(crate) fn reset_stats(&mut self) {
         self.stats = Stats::default();
+        self.routes.clear();
         self.dropped = 0;
     }
 }

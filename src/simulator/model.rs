@@ -2,7 +2,7 @@
 //!
 //! The serde form is the data-set file format (`GET /_sim/export`, the `fixture` key):
 //! the platform's camelCase field names, null fields left out, `audit` always present.
-//! References (`buyer`, `seller`, `account`) are stored by id; answers fill in the
+//! References (`buyer`, `seller`, `account`) are stored by id; responses fill in the
 //! referenced object's current name and status, so a stored name may be stale.
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -136,7 +136,7 @@ impl ExternalIds {
 }
 
 /// A reference to another object, stored by id. `name` is informational in the stored
-/// form: answers always show the referenced object's current name.
+/// form: responses always show the referenced object's current name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reference {
     pub id: String,
@@ -153,7 +153,7 @@ impl Reference {
     }
 }
 
-/// Who performed an audited event: a user (`USR-…`) or an API token (`TKN-…`).
+/// Author of an audited event: a user (`USR-…`) or an API token (`TKN-…`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     pub id: String,
@@ -216,7 +216,7 @@ pub struct Currency {
     pub is_default: bool,
 }
 
-/// Who a licensee may buy for.
+/// Kinds of buyer a licensee may purchase for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Eligibility {
     pub client: bool,
@@ -306,7 +306,7 @@ impl Buyer {
 #[serde(rename_all = "camelCase")]
 pub struct ErpLink {
     pub id: String,
-    /// "<buyer name> - <seller name>".
+    /// `<buyer name> - <seller name>`.
     pub name: String,
     pub status: ErpLinkStatus,
     /// Free text; the ERP integration writes the block reason here.
@@ -327,7 +327,7 @@ pub struct ErpLink {
     #[serde(default)]
     pub audit: Audit,
     /// Status to restore when a Disabled link's seller is no longer Disabled. Kept in
-    /// the data-set file only; answers never show it.
+    /// the data-set file only; responses never show it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_before_disabled: Option<ErpLinkStatus>,
 }

@@ -1,5 +1,5 @@
 //! The middleware every API request passes: it logs the request, applies the rate
-//! limit, fault rules and latency, checks the bearer token, and records the answer.
+//! limit, fault rules and latency, checks the bearer token, and records the response.
 //! Control routes under `/_sim/` skip all of it.
 
 use std::convert::Infallible;
@@ -21,7 +21,7 @@ use super::problem::{Problem, TRACE_ID};
 use super::server::ConnectionControl;
 use super::state::App;
 
-/// Largest accepted request body, in bytes; larger bodies are answered 413.
+/// Largest accepted request body, in bytes; larger bodies get 413.
 pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
 
 /// Reports whether a path belongs to the control API.
@@ -40,8 +40,9 @@ pub(crate) fn new_trace_id(traceparent: Option<&HeaderValue>) -> String {
     format!("00-{trace}-{span}-01")
 }
 
-/// Returns the trace id of a valid `traceparent` value (version, 32-digit trace id,
-/// 16-digit parent id and flags, all lower-case hex; an all-zero trace id is invalid).
+/// Returns the trace id of a valid `traceparent` value. A valid value has a version,
+/// a 32-digit trace id, a 16-digit parent id and flags, all in lower-case hex, and
+/// a trace id that is not all zeros.
 fn trace_id_of_traceparent(value: &str) -> Option<String> {
     let parts: Vec<&str> = value.trim().split('-').collect();
     let hex = |text: &str, length: usize| {
@@ -62,7 +63,7 @@ fn trace_id_of_traceparent(value: &str) -> Option<String> {
     valid.then(|| (*trace).to_owned())
 }
 
-/// The middleware: control routes pass through, API requests get the full treatment.
+/// Runs the API request steps; control routes pass straight through.
 pub(crate) async fn pipeline(
     State(app): State<Arc<App>>,
     request: Request,
@@ -162,7 +163,7 @@ async fn handle_api_request(app: Arc<App>, request: Request, next: Next) -> Resp
                     if process_request {
                         dispatch(&app, parts, body, next, &behaviour).await;
                     }
-                    app.log.lock().record_answer(seq, &route, None, applied);
+                    app.log.lock().record_response(seq, &route, None, applied);
                     app.log_changed();
                     if let (Fault::CloseConnection { reset }, Some(connection)) =
                         (&fault, &connection)
@@ -180,7 +181,7 @@ async fn handle_api_request(app: Arc<App>, request: Request, next: Next) -> Resp
 
     app.log
         .lock()
-        .record_answer(seq, &route, Some(response.status().as_u16()), fault);
+        .record_response(seq, &route, Some(response.status().as_u16()), fault);
     app.log_changed();
     response
 }

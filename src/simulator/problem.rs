@@ -1,4 +1,4 @@
-//! Problem Details answers (RFC 9457, formerly RFC 7807) in the platform's two shapes:
+//! Problem Details responses (RFC 9457, formerly RFC 7807) in the platform's two shapes:
 //! validation errors map a field to messages, business errors are a list of
 //! `{id, message}`.
 
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::dataset::ObjectKind;
 
-/// Content type of every error answer.
+/// Content type of every error response.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// Validation errors: a field, parameter or query part mapped to its messages.
@@ -21,11 +21,11 @@ pub type ValidationErrors = BTreeMap<String, Vec<String>>;
 pub const VALIDATION_TITLE: &str = "One or more validation errors occurred";
 
 tokio::task_local! {
-    /// W3C trace id (traceparent format) of the request being answered.
+    /// W3C trace id (traceparent format) of the request being handled.
     pub(crate) static TRACE_ID: String;
 }
 
-/// An error answer.
+/// An error response.
 #[derive(Debug, Clone)]
 pub struct Problem {
     status: StatusCode,
@@ -51,7 +51,7 @@ struct ProblemBody<'a> {
 }
 
 impl Problem {
-    /// A Problem with the status's standard title.
+    /// Builds a Problem with the status's standard title.
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Self {
             status,
@@ -71,8 +71,8 @@ impl Problem {
         )
     }
 
-    /// A rejected action: `status` is 400 or 409 (the `illegal_transition_status`
-    /// setting) and `code` a stable machine-readable reason.
+    /// Builds a rejected action's Problem. `status` is the `illegal_transition_status`
+    /// setting (400 or 409) and `code` a stable machine-readable reason.
     pub fn business(status: u16, code: &str, message: String) -> Self {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         let mut problem = Self::new(status, message.clone());
@@ -141,7 +141,7 @@ fn type_uri(status: StatusCode) -> &'static str {
     }
 }
 
-/// Returns the trace id of the request being answered, or a new one outside a request.
+/// Returns the trace id of the request being handled, or a new one outside a request.
 pub(crate) fn current_trace_id() -> String {
     TRACE_ID
         .try_with(Clone::clone)

@@ -42,7 +42,7 @@ pub(crate) struct Select {
     pub excluded: Vec<Field>,
 }
 
-/// A page of a list answer.
+/// A page of a list response.
 pub(crate) struct Page {
     pub items: Vec<Value>,
     pub total: usize,
@@ -362,7 +362,7 @@ fn intersect<'a>(current: Option<Vec<&'a str>>, next: Vec<&'a str>) -> Vec<&'a s
     }
 }
 
-/// Runs a list query. Conditions that an index answers narrow the candidates first,
+/// Runs a list query. Conditions that an index resolves narrow the candidates first,
 /// so listing the links or buyers of one seller never renders the whole collection.
 pub(crate) fn run<R: Resource>(data: &DataSet, query: &ListQuery, options: &RenderOptions) -> Page {
     let mut candidates: Option<Vec<&str>> = None;

@@ -1,4 +1,4 @@
-//! API answers built from stored objects: current names in references, derived
+//! API responses built from stored objects: current names in references, derived
 //! fields (a buyer's `sellers`), internal fields removed, `audit` only when selected.
 
 use serde_json::{Map, Value, json};
@@ -21,9 +21,9 @@ pub(crate) struct RenderOptions {
 /// An object kind served by the API.
 pub(crate) trait Resource: Identified + Sized + 'static {
     const KIND: ObjectKind;
-    /// Top-level fields of the answer; RQL and `order` may use only these.
+    /// Top-level fields of the response; RQL and `order` may use only these.
     const FIELDS: &'static [&'static str];
-    /// Fields that answers leave out, listed in `$meta.omitted`.
+    /// Fields that responses leave out, listed in `$meta.omitted`.
     const OMITTED: &'static [&'static str] = &["audit"];
 
     fn collection(data: &DataSet) -> &Collection<Self>;
@@ -34,7 +34,7 @@ pub(crate) trait Resource: Identified + Sized + 'static {
     fn status_name(&self) -> &'static str;
 
     /// Returns the ids an index yields for one condition, in id order, or `None` when
-    /// no index answers it.
+    /// no index resolves it.
     fn indexed<'a>(_data: &'a DataSet, _field: &str, _value: &str) -> Option<Vec<&'a str>> {
         None
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, FromRequest, FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::config::{Behaviour, SynchronizeResponse};
 use super::dataset::DataSet;
-use super::model::{Account, Buyer, ErpLink, Licensee, Seller, now_millis};
+use super::model::{Account, Buyer, ErpLink, Licensee, Seller, SellerStatus, now_millis};
 use super::problem::Problem;
 use super::query::{self, Select};
 use super::render::{RenderOptions, Resource, apply_exclusions};
@@ -35,22 +35,45 @@ pub(crate) fn api_router() -> Router<Arc<App>> {
         .route("/sellers", get(list::<Seller>))
         .route(
             "/sellers/{id}",
-            get(get_one::<Seller>).delete(delete_seller),
+            get(get_one::<Seller>).delete(|action: Action| async move {
+                seller_action(action, SellerAction::Delete)
+            }),
         )
-        .route("/sellers/{id}/activate", post(activate_seller))
-        .route("/sellers/{id}/disable", post(disable_seller))
-        .route("/sellers/{id}/deactivate", post(deactivate_seller))
+        .route(
+            "/sellers/{id}/activate",
+            post(|action: Action| async move { seller_action(action, SellerAction::Activate) }),
+        )
+        .route(
+            "/sellers/{id}/disable",
+            post(|action: Action| async move { seller_action(action, SellerAction::Disable) }),
+        )
+        .route(
+            "/sellers/{id}/deactivate",
+            post(|action: Action| async move { seller_action(action, SellerAction::Deactivate) }),
+        )
         .route("/erp-links", get(list::<ErpLink>))
         .route("/erp-links/{id}", get(get_one::<ErpLink>))
-        .route("/erp-links/{id}/block", post(block))
-        .route("/erp-links/{id}/unblock", post(unblock))
+        .route(
+            "/erp-links/{id}/block",
+            post(|action: Action| async move { link_action(action, rules::block_link) }),
+        )
+        .route(
+            "/erp-links/{id}/unblock",
+            post(|action: Action| async move { link_action(action, rules::unblock_link) }),
+        )
         .route("/licensees", get(list::<Licensee>))
         .route("/licensees/{id}", get(get_one::<Licensee>))
-        .route("/licensees/{id}/enable", post(enable_licensee))
-        .route("/licensees/{id}/disable", post(disable_licensee))
+        .route(
+            "/licensees/{id}/enable",
+            post(|action: Action| async move { licensee_action(action, rules::enable_licensee) }),
+        )
+        .route(
+            "/licensees/{id}/disable",
+            post(|action: Action| async move { licensee_action(action, rules::disable_licensee) }),
+        )
 }
 
-/// Answers 404 for a path no endpoint serves.
+/// Responds 404 to a path no endpoint serves.
 pub(crate) async fn unknown_route(uri: axum::http::Uri) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
@@ -58,7 +81,7 @@ pub(crate) async fn unknown_route(uri: axum::http::Uri) -> Problem {
     )
 }
 
-/// Answers 405 for a known path with another method.
+/// Responds 405 to a known path with another method.
 pub(crate) async fn method_not_allowed(
     method: axum::http::Method,
     uri: axum::http::Uri,
@@ -77,7 +100,7 @@ fn render_options(select: &Select, behaviour: &Behaviour) -> RenderOptions {
     }
 }
 
-/// Lists the fields an answer left out, as the platform's `$meta.omitted` does.
+/// Lists the fields a response leaves out, as the platform's `$meta.omitted` does.
 fn omitted<R: Resource>(options: &RenderOptions) -> Vec<&'static str> {
     R::OMITTED
         .iter()
@@ -86,7 +109,7 @@ fn omitted<R: Resource>(options: &RenderOptions) -> Vec<&'static str> {
         .collect()
 }
 
-/// Renders one object as a get or an action answers it, with `$meta.omitted`.
+/// Renders one object as the response of a get or an action, with `$meta.omitted`.
 fn render_one<R: Resource>(
     data: &DataSet,
     object: &R,
@@ -135,6 +158,44 @@ async fn get_one<R: Resource>(
         .get(&id)
         .ok_or_else(|| Problem::not_found(R::KIND, &id))?;
     Ok(Json(render_one(&data, object, &select, &behaviour)).into_response())
+}
+
+/// The parts of an action request that every action handler reads.
+struct Action {
+    app: Arc<App>,
+    id: String,
+    caller: Caller,
+    query: Option<String>,
+    body: Bytes,
+}
+
+impl FromRequest<Arc<App>> for Action {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, app: &Arc<App>) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let Path(id) = Path::<String>::from_request_parts(&mut parts, app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        // The pipeline inserts the caller after checking the token, so a missing
+        // caller means the handler was reached some other way.
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Problem::unauthorized(true).into_response())?;
+        let query = parts.uri.query().map(str::to_owned);
+        let body = Bytes::from_request(Request::from_parts(parts, body), app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            app: Arc::clone(app),
+            id,
+            caller,
+            query,
+            body,
+        })
+    }
 }
 
 /// Parses an optional action body: empty, `null` or a JSON object.
@@ -206,48 +267,22 @@ async fn synchronize(
     })
 }
 
-async fn block(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Extension(caller): Extension<Caller>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> HandlerResult {
-    link_action(&app, &id, &caller, raw.as_deref(), &body, rules::block_link)
-}
-
-async fn unblock(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Extension(caller): Extension<Caller>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> HandlerResult {
-    link_action(
-        &app,
-        &id,
-        &caller,
-        raw.as_deref(),
-        &body,
-        rules::unblock_link,
-    )
-}
-
 type LinkRule =
     fn(&mut DataSet, &Context, &str, Option<String>) -> Result<Change, rules::Rejection>;
 
-fn link_action(
-    app: &Arc<App>,
-    id: &str,
-    caller: &Caller,
-    raw: Option<&str>,
-    body: &Bytes,
-    rule: LinkRule,
-) -> HandlerResult {
-    require_operations(caller)?;
-    let note = note_of(&action_body(body)?)?;
+/// Runs block or unblock; both need an operations token and take an optional `note`.
+fn link_action(action: Action, rule: LinkRule) -> HandlerResult {
+    let Action {
+        app,
+        id,
+        caller,
+        query,
+        body,
+    } = action;
+    require_operations(&caller)?;
+    let note = note_of(&action_body(&body)?)?;
     let behaviour = app.behaviour();
-    let select = query::parse_select_only(raw);
+    let select = query::parse_select_only(query.as_deref());
     let context = Context {
         behaviour: &behaviour,
         actor: &caller.actor,
@@ -256,9 +291,9 @@ fn link_action(
 
     let (change, buyer_id, rendered) = {
         let mut data = app.data.lock();
-        let change = rule(&mut data, &context, id, note)
+        let change = rule(&mut data, &context, &id, note)
             .map_err(|rejection| rejection.into_problem(&behaviour))?;
-        let link = data.erp_link(id).expect("the rule found the link");
+        let link = data.erp_link(&id).expect("the rule found the link");
         (
             change,
             link.buyer.id.clone(),
@@ -272,86 +307,19 @@ fn link_action(
     Ok(Json(rendered).into_response())
 }
 
-async fn activate_seller(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Extension(caller): Extension<Caller>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> HandlerResult {
-    seller_action(
-        &app,
-        &id,
-        &caller,
-        raw.as_deref(),
-        &body,
-        SellerAction::Activate,
-    )
-}
-
-async fn disable_seller(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Extension(caller): Extension<Caller>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> HandlerResult {
-    seller_action(
-        &app,
-        &id,
-        &caller,
-        raw.as_deref(),
-        &body,
-        SellerAction::Disable,
-    )
-}
-
-async fn deactivate_seller(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Extension(caller): Extension<Caller>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> HandlerResult {
-    seller_action(
-        &app,
-        &id,
-        &caller,
-        raw.as_deref(),
-        &body,
-        SellerAction::Deactivate,
-    )
-}
-
-async fn delete_seller(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Extension(caller): Extension<Caller>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> HandlerResult {
-    seller_action(
-        &app,
-        &id,
-        &caller,
-        raw.as_deref(),
-        &body,
-        SellerAction::Delete,
-    )
-}
-
-fn seller_action(
-    app: &Arc<App>,
-    id: &str,
-    caller: &Caller,
-    raw: Option<&str>,
-    body: &Bytes,
-    action: SellerAction,
-) -> HandlerResult {
-    require_operations(caller)?;
-    action_body(body)?;
+/// Runs a seller status action; all of them need an operations token.
+fn seller_action(action: Action, seller_action: SellerAction) -> HandlerResult {
+    let Action {
+        app,
+        id,
+        caller,
+        query,
+        body,
+    } = action;
+    require_operations(&caller)?;
+    action_body(&body)?;
     let behaviour = app.behaviour();
-    let select = query::parse_select_only(raw);
+    let select = query::parse_select_only(query.as_deref());
     let context = Context {
         behaviour: &behaviour,
         actor: &caller.actor,
@@ -360,13 +328,13 @@ fn seller_action(
 
     let (change, previous, buyer_ids, rendered) = {
         let mut data = app.data.lock();
-        let (change, previous) = rules::change_seller(&mut data, &context, id, action)
+        let (change, previous) = rules::change_seller(&mut data, &context, &id, seller_action)
             .map_err(|rejection| rejection.into_problem(&behaviour))?;
         let buyer_ids = data
-            .buyers_of_seller(id)
+            .buyers_of_seller(&id)
             .map(|buyer| buyer.id.clone())
             .collect();
-        let seller = data.seller(id).expect("the rule found the seller");
+        let seller = data.seller(&id).expect("the rule found the seller");
         (
             change,
             previous,
@@ -376,75 +344,41 @@ fn seller_action(
     };
     // The platform re-synchronizes the seller's buyers after disable, delete and
     // activation from Disabled, but not after deactivate or activation from Offline.
-    let triggers_sync = match action {
+    let triggers_sync = match seller_action {
         SellerAction::Disable | SellerAction::Delete => true,
-        SellerAction::Activate => previous == super::model::SellerStatus::Disabled,
+        SellerAction::Activate => previous == SellerStatus::Disabled,
         SellerAction::Deactivate => false,
     };
     if let (Change::Applied, true, Some(delay)) = (change, triggers_sync, behaviour.auto_sync) {
         app.synchronize_later(buyer_ids, delay, None);
     }
-    Ok(match action {
+    Ok(match seller_action {
         SellerAction::Delete => StatusCode::NO_CONTENT.into_response(),
         _ => Json(rendered).into_response(),
     })
 }
 
-async fn enable_licensee(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Extension(caller): Extension<Caller>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> HandlerResult {
-    licensee_action(
-        &app,
-        &id,
-        &caller,
-        raw.as_deref(),
-        &body,
-        rules::enable_licensee,
-    )
-}
-
-async fn disable_licensee(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Extension(caller): Extension<Caller>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> HandlerResult {
-    licensee_action(
-        &app,
-        &id,
-        &caller,
-        raw.as_deref(),
-        &body,
-        rules::disable_licensee,
-    )
-}
-
 type LicenseeRule = fn(&mut DataSet, &Context, &str) -> Result<Change, rules::Rejection>;
 
 /// Runs a licensee action; client tokens may enable and disable licensees.
-fn licensee_action(
-    app: &Arc<App>,
-    id: &str,
-    caller: &Caller,
-    raw: Option<&str>,
-    body: &Bytes,
-    rule: LicenseeRule,
-) -> HandlerResult {
-    action_body(body)?;
+fn licensee_action(action: Action, rule: LicenseeRule) -> HandlerResult {
+    let Action {
+        app,
+        id,
+        caller,
+        query,
+        body,
+    } = action;
+    action_body(&body)?;
     let behaviour = app.behaviour();
-    let select = query::parse_select_only(raw);
+    let select = query::parse_select_only(query.as_deref());
     let context = Context {
         behaviour: &behaviour,
         actor: &caller.actor,
         now: now_millis(),
     };
     let mut data = app.data.lock();
-    rule(&mut data, &context, id).map_err(|rejection| rejection.into_problem(&behaviour))?;
-    let licensee = data.licensee(id).expect("the rule found the licensee");
+    rule(&mut data, &context, &id).map_err(|rejection| rejection.into_problem(&behaviour))?;
+    let licensee = data.licensee(&id).expect("the rule found the licensee");
     Ok(Json(render_one(&data, licensee, &select, &behaviour)).into_response())
 }

@@ -4,8 +4,8 @@
 //! or the shortcut `field=value`. Values are double- or single-quoted strings (a
 //! backslash escapes the next character, so `\*` is a literal asterisk in a pattern)
 //! or bare text up to the next `,` or `)`. `null()` and `empty()` are the null and
-//! empty values. Expressions are evaluated against an object's JSON answer, so every
-//! field of the answer can be filtered; a dotted path that crosses an array matches
+//! empty values. Expressions are evaluated against an object's JSON response, so every
+//! field of the response can be filtered. A dotted path that crosses an array matches
 //! when any element matches.
 //!
 //! Operators: `eq`, `ne`, `gt`, `ge`, `lt`, `le`, `like`, `ilike`, `in`, `out`, `and`,

@@ -11,7 +11,7 @@ use super::dataset::{DataSet, ObjectKind};
 use super::model::{Actor, AuditEvent, BuyerStatus, ErpLinkStatus, LicenseeStatus, SellerStatus};
 use super::problem::Problem;
 
-/// Who acts, when, and with which settings.
+/// Actor, time and settings of an action.
 pub(crate) struct Context<'a> {
     pub behaviour: &'a Behaviour,
     pub actor: &'a Actor,
@@ -39,11 +39,11 @@ impl Context<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
     Applied,
-    /// A repeated action answered with `repeated_action = "noop"`.
+    /// A repeated action accepted with `repeated_action = "noop"`.
     Unchanged,
 }
 
-/// Why an action was rejected.
+/// Reason an action was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Rejection {
     NotFound(ObjectKind, String),
@@ -59,7 +59,7 @@ impl Rejection {
         Rejection::Business { code, message }
     }
 
-    /// Converts to an answer; business rejections use `illegal_transition_status`.
+    /// Converts to a response; business rejections use `illegal_transition_status`.
     pub(crate) fn into_problem(self, behaviour: &Behaviour) -> Problem {
         match self {
             Rejection::NotFound(kind, id) => Problem::not_found(kind, &id),

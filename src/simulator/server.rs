@@ -1,7 +1,7 @@
 //! Start-up, the accept loop and shutdown.
 //!
 //! Connections are served with hyper directly rather than `axum::serve`, so a fault
-//! can drop one connection without an HTTP answer: the request's handler signals its
+//! can drop one connection without an HTTP response: the request's handler signals its
 //! connection task, which drops (or resets) the socket.
 
 use std::future::Future;
@@ -114,7 +114,12 @@ impl Drop for RunningSimulator {
 /// Starts the simulator on the current tokio runtime and returns once it listens.
 pub async fn start(config: SimulatorConfig) -> anyhow::Result<RunningSimulator> {
     let listen = config.listen;
-    let app = Arc::new(App::new(config)?);
+    // Generating or loading the data set takes a noticeable time at large sizes, so it
+    // runs on the blocking pool instead of stalling the caller's runtime thread.
+    let app = tokio::task::spawn_blocking(move || App::new(config))
+        .await
+        .context("the simulator's data-set task failed")??;
+    let app = Arc::new(app);
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!("failed to listen on {listen} (the simulator `listen` setting)")
     })?;
@@ -227,7 +232,7 @@ async fn serve_connection(stream: TcpStream, router: Router, shutdown: Cancellat
                     tracing::debug!(%error, "simulator could not set SO_LINGER for a reset");
                 }
             }
-            // Dropping the connection closes the socket without an answer.
+            // Dropping the connection closes the socket without a response.
         }
         () = shutdown.cancelled() => {
             std::pin::Pin::new(&mut connection).graceful_shutdown();

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use erp_sync::simulator::{
     self, DEFAULT_TOKEN, RunningSimulator, SimulatorConfig, SimulatorControl,
@@ -112,4 +112,16 @@ pub async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
             .unwrap_or_else(|error| panic!("the body is not JSON ({error}): {bytes:?}"))
     };
     (status, value)
+}
+
+/// Waits until `condition` holds, checking every 10 ms, and fails after [`WAIT`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
