@@ -341,7 +341,8 @@ impl PlatformClient {
             || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())
         {
             // Every call slows down, not only the command that got this answer.
-            self.throttle.back_off(retry_after.unwrap_or(DEFAULT_BACK_OFF));
+            self.throttle
+                .back_off(retry_after.unwrap_or(DEFAULT_BACK_OFF));
         }
         Err(PlatformError::Status {
             status: status.as_u16(),

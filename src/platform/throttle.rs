@@ -116,7 +116,9 @@ impl State {
     /// Raises a lowered rate by a tenth for every second since the last raise, until it
     /// is back at its target; without a configured limit the limit is then lifted.
     fn ramp_up(&mut self, now: Instant) {
-        let (Some(rate), Some(target)) = (self.rate, self.target) else { return };
+        let (Some(rate), Some(target)) = (self.rate, self.target) else {
+            return;
+        };
         if rate >= target || now <= self.last_ramp {
             return;
         }

@@ -256,7 +256,8 @@ impl Database {
             .filter(|record| updated.contains(&record.command.id))
             .collect();
         let mut superseded = continue_resolved(&mut transaction, &held, &mut audit).await?;
-        let planned_children = plan_follow_ups(&mut transaction, &held, self.coalesce_window(), &mut audit).await?;
+        let planned_children =
+            plan_follow_ups(&mut transaction, &held, self.coalesce_window(), &mut audit).await?;
         superseded.extend(planned_children.superseded);
         insert_audit_rows(&mut *transaction, &audit).await?;
 
@@ -482,7 +483,8 @@ async fn plan_follow_ups(
             });
         }
     }
-    let (planned, superseded) = plan_commands(transaction, &children, coalesce_window, audit).await?;
+    let (planned, superseded) =
+        plan_commands(transaction, &children, coalesce_window, audit).await?;
     Ok(PlannedFollowUps {
         planned: !planned.is_empty(),
         superseded,

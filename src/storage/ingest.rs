@@ -94,7 +94,13 @@ impl Database {
                 );
             }
         }
-        let (_, superseded) = plan_commands(&mut transaction, &new_commands, self.coalesce_window(), &mut audit).await?;
+        let (_, superseded) = plan_commands(
+            &mut transaction,
+            &new_commands,
+            self.coalesce_window(),
+            &mut audit,
+        )
+        .await?;
 
         let mut results = Vec::with_capacity(items.len());
         let mut seen = HashSet::new();

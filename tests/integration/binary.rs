@@ -13,7 +13,7 @@ use crate::support::{TestEnv, envelope, test_config};
 const BINARY: &str = env!("CARGO_BIN_EXE_erp-sync");
 
 /// Environment that points the binary at the test's database, queues and simulator.
-fn pipeline_env(env: &TestEnv, token: &str) -> Vec<(String, String)> {
+pub fn pipeline_env(env: &TestEnv, token: &str) -> Vec<(String, String)> {
     let amqp = &env.config.amqp;
     vec![
         (
@@ -40,7 +40,7 @@ fn pipeline_env(env: &TestEnv, token: &str) -> Vec<(String, String)> {
     ]
 }
 
-fn command(vars: &[(String, String)], args: &[&str]) -> Command {
+pub fn command(vars: &[(String, String)], args: &[&str]) -> Command {
     let mut command = Command::new(BINARY);
     command
         .args(args)
@@ -54,7 +54,7 @@ fn command(vars: &[(String, String)], args: &[&str]) -> Command {
     command
 }
 
-async fn output_of(mut child: Child) -> (Option<i32>, String) {
+pub async fn output_of(mut child: Child) -> (Option<i32>, String) {
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let mut text = String::new();
@@ -67,7 +67,7 @@ async fn output_of(mut child: Child) -> (Option<i32>, String) {
     (status.unwrap().code(), text + &errors)
 }
 
-fn terminate(child: &Child) {
+pub fn terminate(child: &Child) {
     let pid = child.id().expect("the process runs").to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -6,6 +6,7 @@ mod bad_input;
 mod binary;
 mod calls;
 mod client;
-mod guarantees;
 mod failures;
+mod guarantees;
+mod operators;
 mod support;

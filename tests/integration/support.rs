@@ -167,6 +167,29 @@ impl TestEnv {
             .await;
     }
 
+    /// Publishes envelopes with confirms outstanding at once, so a large batch reaches
+    /// the queue in a fraction of a second.
+    pub async fn publish_all(&self, envelopes: &[Value]) {
+        let lines: Vec<u8> = envelopes
+            .iter()
+            .flat_map(|envelope| {
+                let mut line = envelope.to_string().into_bytes();
+                line.push(b'\n');
+                line
+            })
+            .collect();
+        let prepared = erp_sync::publish::prepare_lines(&lines, None);
+        let report =
+            erp_sync::publish::publish_lines(&self.publisher, &self.config.amqp.exchange, prepared)
+                .await
+                .expect("publish");
+        assert!(
+            report.is_complete(),
+            "every envelope was routed: {report:?}"
+        );
+        assert_eq!(report.published, envelopes.len());
+    }
+
     /// Publishes any body with a routing key.
     pub async fn publish_raw(&self, body: &[u8], routing_key: &str) {
         self.publish_message(OutboundMessage {
