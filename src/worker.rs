@@ -83,7 +83,7 @@ impl Worker {
 }
 
 /// A name for this process in leases and audit rows: host, process id and a random
-/// suffix, so two workers on one host are told apart after a restart too.
+/// suffix, so two workers on one host stay distinct after a restart too.
 fn worker_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()

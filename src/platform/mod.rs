@@ -1,4 +1,4 @@
-//! The Marketplace Platform's Accounts API client: the only module that knows reqwest.
+//! The Marketplace Platform's Accounts API client: the only module that uses reqwest.
 //!
 //! Every request carries `Authorization: Bearer`, `Accept: application/json` and a
 //! `User-Agent` naming erp-sync; writes carry the command's `Idempotency-Key`; and a
@@ -66,7 +66,7 @@ pub struct CallContext {
 }
 
 impl CallContext {
-    /// The status of the last answer received, if any.
+    /// The status of the last response received, if any.
     pub fn last_status(&self) -> Option<u16> {
         self.calls.iter().rev().find_map(|call| call.status)
     }
@@ -252,7 +252,7 @@ impl PlatformClient {
         }
     }
 
-    /// Sends one request and returns the body of a success answer.
+    /// Sends one request and returns the body of a success response.
     async fn send(
         &self,
         method: Method,
@@ -340,7 +340,7 @@ impl PlatformClient {
         if status == StatusCode::TOO_MANY_REQUESTS
             || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())
         {
-            // Every call slows down, not only the command that got this answer.
+            // Every call slows down, not only the command that got this response.
             self.throttle
                 .back_off(retry_after.unwrap_or(DEFAULT_BACK_OFF));
         }

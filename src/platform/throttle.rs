@@ -1,5 +1,5 @@
 //! Pacing of every call to the platform: a maximum rate, and back-pressure when the
-//! platform asks for it.
+//! platform requests it.
 //!
 //! - With `platform.max_rate` set, calls start at least `1 / max_rate` seconds apart,
 //!   so the rate is never exceeded and a backlog drains at the rate the platform
@@ -180,7 +180,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn back_off_pauses_every_call_then_halves_the_rate() {
+    async fn back_off_pauses_then_halves_rate() {
         let throttle = Throttle::new(Some(20.0), Duration::from_secs(30));
         throttle.acquire().await;
         throttle.back_off(Duration::from_secs(2));

@@ -32,7 +32,7 @@ pub struct ClaimedCommand {
     pub event_ids: Vec<Uuid>,
 }
 
-/// How an attempt ended, as far as the command's state is concerned.
+/// Outcome of an attempt for the command's state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finish {
     /// The effect is in place on the platform.
@@ -80,7 +80,7 @@ impl Finish {
 pub struct AttemptRecord {
     pub command: ClaimedCommand,
     pub finish: Finish,
-    /// Status of the platform's last answer, when there was one.
+    /// Status of the platform's last response, when there was one.
     pub http_status: Option<u16>,
     /// The failure, in one line, when the attempt failed.
     pub error: Option<String>,
@@ -439,7 +439,7 @@ async fn continue_resolved(
     supersede_stale_link_commands(transaction, &object_keys, audit).await
 }
 
-/// What planning the follow-up commands did.
+/// Result of planning follow-up commands.
 struct PlannedFollowUps {
     planned: bool,
     superseded: Vec<i64>,
@@ -560,7 +560,7 @@ fn finish_name(finish: &Finish) -> &'static str {
 /// all done.
 ///
 /// The event rows are locked first, so when two transactions finish the last two
-/// commands of one event at the same time, the second one waits, then sees the first
+/// commands of one event at the same time, the second one waits, then reads the first
 /// one's commit in its next statement and settles the event.
 pub(super) async fn settle_events(
     transaction: &mut sqlx::PgConnection,

@@ -45,12 +45,12 @@ pub enum IngestItem {
     Rejected(RejectedMessage),
 }
 
-/// What storing a delivery did.
+/// Result of storing one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestResult {
     /// A new event with this many planned commands.
     Planned { commands: usize },
-    /// A new event that asks for no platform call; it is settled.
+    /// A new event that requires no platform call, settled at once.
     Ignored,
     /// An event id that was already received.
     Duplicate,
@@ -58,8 +58,9 @@ pub enum IngestResult {
     DeadLettered { id: i64 },
 }
 
-/// What storing a batch did: one result per delivery, and the events that reached
-/// their outcome in the same transaction (stale link commands are superseded at once).
+/// Result of storing a batch: one result per delivery, and the events that reached
+/// their outcome in the same transaction, because stale link commands are superseded
+/// at once.
 #[derive(Debug, Clone, Default)]
 pub struct StoredBatch {
     pub results: Vec<IngestResult>,
@@ -139,7 +140,7 @@ impl Database {
     }
 }
 
-/// The commands planned by the events that were new.
+/// Builds the commands planned by the events that were new.
 fn new_commands(events: &[&StoredEvent], inserted: &HashSet<Uuid>) -> Vec<NewCommand> {
     let mut commands = Vec::new();
     for stored in events
@@ -164,7 +165,7 @@ fn new_commands(events: &[&StoredEvent], inserted: &HashSet<Uuid>) -> Vec<NewCom
     commands
 }
 
-/// The events of the batch whose id appears for the first time in it.
+/// Keeps the events of the batch whose id appears for the first time in it.
 fn first_occurrences(items: &[IngestItem]) -> Vec<&StoredEvent> {
     let mut seen = HashSet::new();
     items

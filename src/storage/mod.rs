@@ -1,4 +1,4 @@
-//! PostgreSQL: the only module that holds SQL.
+//! PostgreSQL: the only module that contains SQL.
 //!
 //! Every transaction here is short and never spans a platform call: ingest stores a
 //! batch of deliveries, the dispatcher claims commands in one statement and records
@@ -197,7 +197,7 @@ impl Database {
         Ok(listener)
     }
 
-    /// Answers whether the database accepts a query, for readiness checks.
+    /// Checks whether the database accepts a query, for readiness checks.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }

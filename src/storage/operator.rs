@@ -1,4 +1,4 @@
-//! What operators read and repair: the status summary, the audit timeline of an id,
+//! Operator reads and repairs: the status summary, the audit timeline of an id,
 //! replays of parked commands and the recorded dead letters.
 
 use chrono::{DateTime, Utc};
@@ -51,7 +51,7 @@ pub struct TimelineRow {
     pub detail: Option<Value>,
 }
 
-/// Which parked commands to act on; every given selector must match.
+/// Selection of parked commands; every given selector must match.
 #[derive(Debug, Clone, Default)]
 pub struct ParkedSelector {
     pub command_ids: Vec<i64>,
@@ -86,7 +86,7 @@ pub struct ParkedCommand {
     pub last_calls: Option<Value>,
 }
 
-/// What a replay did to one command.
+/// Result of a replay for one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase", tag = "result")]
 pub enum ReplayResult {
@@ -118,7 +118,7 @@ pub struct DeadLetter {
     pub body: Option<Vec<u8>>,
 }
 
-/// Which dead letters to list or publish again; every given selector must match.
+/// Selection of dead letters to list or publish again; every given selector must match.
 #[derive(Debug, Clone, Default)]
 pub struct DeadLetterSelector {
     pub ids: Vec<i64>,
@@ -234,7 +234,7 @@ impl Database {
             .collect()
     }
 
-    /// The parked commands a selector picks, oldest first.
+    /// Reads the parked commands a selector picks, oldest first.
     pub async fn parked_commands(
         &self,
         selector: &ParkedSelector,
@@ -354,7 +354,7 @@ impl Database {
         Ok((results, settled))
     }
 
-    /// The dead letters a selector picks, oldest first.
+    /// Reads the dead letters a selector picks, oldest first.
     pub async fn dead_letters(
         &self,
         selector: &DeadLetterSelector,

@@ -40,7 +40,7 @@ pub struct NewCommand {
     pub idempotency_key: Uuid,
 }
 
-/// Where a new command ended up.
+/// Placement of a new command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlannedCommand {
     pub command_id: i64,
@@ -131,8 +131,8 @@ pub(super) async fn lock_object_keys(
     Ok(())
 }
 
-/// The oldest pending, never attempted synchronization of each buyer the batch plans
-/// to synchronize, locked so a claim cannot start it while events join it.
+/// Finds the oldest pending, never attempted synchronization of each buyer the batch
+/// plans to synchronize, and locks it so a claim cannot start it while events join it.
 async fn pending_synchronizations(
     transaction: &mut PgConnection,
     commands: &[NewCommand],
@@ -165,8 +165,8 @@ async fn pending_synchronizations(
     Ok(oldest)
 }
 
-/// Where a new command goes: an existing command, or the command inserted for the
-/// first new command of its buyer in this batch (the leader, by index).
+/// Destination of a new command: an existing command, or the command inserted for
+/// the first new command of its buyer in this batch (the leader, by index).
 #[derive(Debug, Clone, Copy)]
 enum Target {
     Existing(i64),

@@ -1,7 +1,7 @@
 //! Input that cannot become an event is dead-lettered with its reason, and the events
 //! around it settle.
 
-use erp_sync::simulator::{BuyerCase, RequestFilter};
+use erp_sync::simulator::BuyerCase;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -85,12 +85,7 @@ async fn undecodable_messages_are_dead_lettered_and_consumption_continues() {
     assert_eq!(*size, 2);
     assert_eq!(sha256, &hex::encode(Sha256::digest([0xff, 0xfe])));
 
-    let synchronizations = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!(
-            "/public/v1/accounts/buyers/*/synchronize"
-        )));
+    let synchronizations = env.calls("/public/v1/accounts/buyers/*/synchronize");
     assert_eq!(
         synchronizations.len(),
         2,

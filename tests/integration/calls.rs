@@ -27,12 +27,7 @@ async fn buyer_events_synchronize_the_buyer() {
         .await;
     assert_eq!(counts.applied, BUYER_SYNC_EVENT_TYPES.len() as i64);
 
-    let calls = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!(
-            "{ACCOUNTS}/buyers/*/synchronize"
-        )));
+    let calls = env.calls(format!("{ACCOUNTS}/buyers/*/synchronize"));
     let mut synchronized: Vec<String> = calls
         .iter()
         .map(|call| call.path.split('/').nth(5).unwrap_or_default().to_owned())
@@ -90,12 +85,7 @@ async fn blocked_event_reads_then_blocks_with_note() {
         Some("applied")
     );
 
-    let calls = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!(
-            "{ACCOUNTS}/erp-links/{link}*"
-        )));
+    let calls = env.calls(format!("{ACCOUNTS}/erp-links/{link}*"));
     let summary: Vec<(String, String)> = calls
         .iter()
         .map(|call| (call.method.clone(), call.path.clone()))
@@ -134,12 +124,7 @@ async fn blocked_event_without_reason_sends_no_body() {
         .await;
     env.wait_until_settled(1).await;
 
-    let calls = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!(
-            "{ACCOUNTS}/erp-links/{link}/block"
-        )));
+    let calls = env.calls(format!("{ACCOUNTS}/erp-links/{link}/block"));
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].body, None);
     env.finish().await;
@@ -158,12 +143,7 @@ async fn unblocked_event_reads_then_unblocks() {
         Some("applied")
     );
 
-    let calls = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!(
-            "{ACCOUNTS}/erp-links/{link}*"
-        )));
+    let calls = env.calls(format!("{ACCOUNTS}/erp-links/{link}*"));
     let methods: Vec<(&str, &str)> = calls
         .iter()
         .map(|call| (call.method.as_str(), call.path.as_str()))
@@ -219,12 +199,7 @@ async fn same_event_twice_makes_one_call() {
     assert_eq!(counts.applied, 1);
     assert_eq!(counts.duplicate, 1);
 
-    let calls = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!(
-            "{ACCOUNTS}/buyers/{buyer}/synchronize"
-        )));
+    let calls = env.calls(format!("{ACCOUNTS}/buyers/{buyer}/synchronize"));
     assert_eq!(calls.len(), 1);
     let steps = env.audit_steps_of_event(id_of(&event)).await;
     assert!(steps.contains(&"duplicate".to_owned()), "{steps:?}");

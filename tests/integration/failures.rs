@@ -131,12 +131,7 @@ async fn rejected_block_is_parked_with_the_platform_problem() {
         Some("permanent_failure")
     );
 
-    let calls = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!(
-            "/public/v1/accounts/erp-links/{link}*"
-        )));
+    let calls = env.calls(format!("/public/v1/accounts/erp-links/{link}*"));
     let methods: Vec<&str> = calls.iter().map(|call| call.method.as_str()).collect();
     assert_eq!(
         methods,

@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use erp_sync::simulator::{
-    BuyerCase, Fault, FaultRule, LinkCase, RequestFilter, SellerCase, SimulatorConfig,
-};
+use erp_sync::simulator::{BuyerCase, Fault, FaultRule, LinkCase, SellerCase, SimulatorConfig};
 use serde_json::{Value, json};
 
 use crate::support::{TestEnv, envelope, id_of};
@@ -175,12 +173,7 @@ async fn old_event_after_newer_one_settled_is_superseded() {
         "Active",
         "the late, older block changed nothing"
     );
-    let blocks = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!(
-            "{ACCOUNTS}/erp-links/{link}/block"
-        )));
+    let blocks = env.calls(format!("{ACCOUNTS}/erp-links/{link}/block"));
     assert!(blocks.is_empty(), "a superseded event makes no call");
     let steps = env.audit_steps_of_event(id_of(&older)).await;
     assert!(steps.contains(&"superseded".to_owned()), "{steps:?}");
@@ -207,12 +200,7 @@ async fn synchronizations_of_one_buyer_coalesce() {
     let counts = env.wait_until_settled(1000).await;
     assert_eq!(counts.applied, 1000);
 
-    let calls = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!(
-            "{ACCOUNTS}/buyers/*/synchronize"
-        )));
+    let calls = env.calls(format!("{ACCOUNTS}/buyers/*/synchronize"));
     assert!(
         calls.len() >= 50,
         "every buyer is synchronized: {}",
@@ -288,17 +276,9 @@ async fn seller_fan_out_pages_and_isolates_a_failure() {
     env.publish(&event).await;
     env.wait_until_settled(1).await;
 
-    let pages = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!("{ACCOUNTS}/buyers")));
+    let pages = env.calls(format!("{ACCOUNTS}/buyers"));
     assert_eq!(pages.len(), 3, "{} buyers in pages of 100", buyers.len());
-    let synchronized = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!(
-            "{ACCOUNTS}/buyers/*/synchronize"
-        )));
+    let synchronized = env.calls(format!("{ACCOUNTS}/buyers/*/synchronize"));
     assert_eq!(
         synchronized.len(),
         buyers.len(),

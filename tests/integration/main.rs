@@ -5,6 +5,7 @@
 mod bad_input;
 mod binary;
 mod calls;
+mod cases;
 mod client;
 mod failures;
 mod guarantees;

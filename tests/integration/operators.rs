@@ -1,6 +1,6 @@
 //! The operator commands, run as the binary: status, audit, replay and dead-letters.
 
-use erp_sync::simulator::{DEFAULT_TOKEN, LinkCase, RequestFilter};
+use erp_sync::simulator::{DEFAULT_TOKEN, LinkCase};
 use serde_json::{Value, json};
 
 use crate::binary::{command, output_of, pipeline_env};
@@ -162,12 +162,7 @@ async fn replay_puts_a_fixed_command_back_in_line() {
             .unwrap();
     assert_eq!(actor.as_deref(), Some("night-operator"));
     assert_eq!(detail["reason"], "licensee disabled in the ERP");
-    let blocks = env
-        .simulator
-        .control()
-        .find_requests(&RequestFilter::path(format!(
-            "/public/v1/accounts/erp-links/{link}/block"
-        )));
+    let blocks = env.calls(format!("/public/v1/accounts/erp-links/{link}/block"));
     let keys: Vec<Option<&str>> = blocks
         .iter()
         .map(|call| call.header("idempotency-key"))

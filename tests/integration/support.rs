@@ -123,6 +123,13 @@ impl TestEnv {
         self.workers.push((token, handle));
     }
 
+    /// The requests the simulator received on paths matching a glob, oldest first.
+    pub fn calls(&self, path_glob: impl Into<String>) -> Vec<erp_sync::simulator::LoggedRequest> {
+        self.simulator
+            .control()
+            .find_requests(&erp_sync::simulator::RequestFilter::path(path_glob))
+    }
+
     /// Reads the simulator's data set, for picking ids of a given kind.
     pub fn pick<T>(&self, choose: impl FnOnce(&DataSet) -> T) -> T {
         choose(&self.simulator.control().data())
