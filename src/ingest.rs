@@ -218,6 +218,7 @@ impl BatchProcessor<'_> {
                 }
                 Err(error) => {
                     self.readiness.set_database_reachable(false);
+                    self.database.discard_connections_after(&error);
                     if !logged {
                         error!(error = %error, deliveries = batch.len(), "cannot store events; holding the batch unacknowledged and retrying");
                         logged = true;

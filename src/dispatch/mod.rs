@@ -180,6 +180,7 @@ impl Dispatcher {
                     claimed
                 }
                 Err(error) => {
+                    self.database.discard_connections_after(&error);
                     if !claim_error_logged {
                         error!(%error, "cannot claim commands; retrying");
                         claim_error_logged = true;
@@ -309,6 +310,7 @@ async fn record_outcomes(
                 }
                 Err(error) => {
                     readiness.set_database_reachable(false);
+                    database.discard_connections_after(&error);
                     if !logged {
                         error!(%error, outcomes = batch.len(), "cannot record attempt outcomes; retrying");
                         logged = true;

@@ -12,7 +12,8 @@ mod planning;
 mod report;
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sqlx::migrate::{MigrateDatabase, Migrator};
@@ -58,6 +59,10 @@ pub enum SchemaError {
 #[derive(Clone, Debug)]
 pub struct Database {
     pool: PgPool,
+    /// Connections opened before this moment are replaced instead of handed out,
+    /// because an error showed that the server they lead to restarted or became
+    /// read-only.
+    stale_before: Arc<Mutex<Option<Instant>>>,
     /// Delay before the first call of a new synchronization, so later events join it.
     coalesce_window: Duration,
 }
@@ -66,12 +71,21 @@ impl Database {
     /// Opens a pool with the configured size, timeouts and server-side limits.
     pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Database> {
         let options = connect_options(config)?;
+        let stale_before: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let mark = stale_before.clone();
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size)
             .acquire_timeout(config.acquire_timeout)
             // A connection that failed (a restarted server, a failover) is tested
             // before it is handed out again, so a dead one is replaced instead of used.
             .test_before_acquire(true)
+            .before_acquire(move |_connection, metadata| {
+                let keep = match *mark.lock().expect("stale mark lock") {
+                    Some(mark) => metadata.age < mark.elapsed(),
+                    None => true,
+                };
+                Box::pin(async move { Ok(keep) })
+            })
             .connect_with(options)
             .await
             .with_context(|| {
@@ -82,6 +96,7 @@ impl Database {
             })?;
         Ok(Database {
             pool,
+            stale_before,
             coalesce_window: Duration::ZERO,
         })
     }
@@ -202,6 +217,18 @@ impl Database {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
+    /// Replaces every pooled connection after an error that shows the server restarted,
+    /// went away or became read-only (a failover left it as a standby), because such a
+    /// connection fails every statement while looking healthy. Returns whether it did.
+    pub fn discard_connections_after(&self, error: &sqlx::Error) -> bool {
+        if !poisons_connections(error) {
+            return false;
+        }
+        *self.stale_before.lock().expect("stale mark lock") = Some(Instant::now());
+        tracing::warn!(%error, "replacing the pooled database connections");
+        true
+    }
+
     /// Makes new synchronizations wait `window` before their first call.
     pub fn with_coalesce_window(mut self, window: Duration) -> Database {
         self.coalesce_window = window;
@@ -228,6 +255,19 @@ pub(crate) async fn notify_dispatchers(transaction: &mut sqlx::PgConnection) -> 
         .execute(&mut *transaction)
         .await?;
     Ok(())
+}
+
+/// Whether an error means the connection's server restarted, is unreachable or only
+/// accepts reads: SQLSTATE class 08 (connection exception), 57P01 to 57P03 (admin
+/// shutdown, crash shutdown, cannot connect now) and 25006 (read-only transaction).
+pub fn poisons_connections(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "25006")
+        }),
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
 }
 
 fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
