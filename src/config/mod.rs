@@ -85,6 +85,7 @@ pub struct IngestConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchConfig {
+    pub enabled: bool,
     pub concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub lease: Duration,

@@ -77,6 +77,14 @@ impl Dispatcher {
     /// Runs until `shutdown`, then lets in-flight attempts finish within
     /// `dispatch.shutdown_grace` and puts the rest back in line.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if !self.config.enabled {
+            warn!(
+                "dispatch is disabled (dispatch.enabled = false); events are stored but no platform call is made"
+            );
+            shutdown.cancelled().await;
+            return Ok(());
+        }
+
         let shared = Arc::new(Shared::default());
         let (records, outcomes) =
             mpsc::channel::<AttemptRecord>(self.config.concurrency.max(16) * 2);
