@@ -180,6 +180,12 @@ impl Cli {
         }
     }
 
+    /// Whether the command exports spans and metrics to a configured collector: only
+    /// the daemon does; other commands only log.
+    pub fn exports_telemetry(&self) -> bool {
+        matches!(self.command, Command::Run)
+    }
+
     /// Loads the configuration the command runs with.
     pub fn load_config(&self) -> anyhow::Result<Config> {
         let mut config = Config::load(self.config.as_deref())?;

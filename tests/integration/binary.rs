@@ -36,6 +36,7 @@ pub fn pipeline_env(env: &TestEnv, token: &str) -> Vec<(String, String)> {
             format!("{}/public/v1", env.simulator.base_url()),
         ),
         ("ERP_SYNC_PLATFORM_TOKEN".into(), token.into()),
+        ("ERP_SYNC_TELEMETRY_LISTEN".into(), "127.0.0.1:0".into()),
         ("RUST_LOG".into(), "debug".into()),
     ]
 }

@@ -379,6 +379,8 @@ pub fn test_config(name: &str) -> Config {
     config.retry.initial_delay = Duration::from_millis(200);
     config.dispatch.poll_interval = Duration::from_millis(200);
     config.dispatch.shutdown_grace = Duration::from_secs(5);
+    // Tests run side by side, so each listener takes a free port.
+    config.telemetry.listen = "127.0.0.1:0".to_owned();
     config
 }
 
