@@ -180,8 +180,8 @@ impl Cli {
         }
     }
 
-    /// Whether the command exports spans and metrics to a configured collector: only
-    /// the daemon does; other commands only log.
+    /// Reports whether the command exports spans and metrics to a configured
+    /// collector. Only the daemon does, and other commands only log.
     pub fn exports_telemetry(&self) -> bool {
         matches!(self.command, Command::Run)
     }

@@ -1,5 +1,5 @@
-//! What the worker knows about its own health, shared by its tasks, and the HTTP
-//! endpoints that report it to probes and to Prometheus.
+//! The worker's readiness flags, shared by its tasks, and the HTTP endpoints that
+//! report them to probes and to Prometheus.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -95,7 +95,7 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
 /// - `GET /healthz`: 200 while the process runs;
 /// - `GET /readyz`: 200 when the worker consumes, the database is reachable and
 ///   dispatch is not paused, 503 otherwise, with the three checks as JSON. It reads
-///   flags the worker keeps, so it answers at once however slow the platform is;
+///   flags the worker keeps, so it responds at once however slow the platform is;
 /// - `GET /metrics`: every metric in the Prometheus text format.
 pub async fn serve(
     listener: TcpListener,

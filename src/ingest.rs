@@ -21,8 +21,8 @@ use crate::storage::{
     Database, IngestItem, IngestResult, RejectedMessage, StoredBatch, StoredEvent,
 };
 use crate::telemetry::context::TraceContext;
-use crate::telemetry::report_settled;
 use crate::telemetry::metrics::{DeliveryLabels, metrics};
+use crate::telemetry::report_settled;
 
 /// Longest pause between two attempts to store a batch while the database is down.
 const MAX_STORE_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -405,38 +405,38 @@ fn finish_deliveries(
 fn log_result(item: &IngestItem, result: &IngestResult, span: &Span) {
     let trace_id = TraceContext::of_span(span).and_then(|trace| trace.trace_id());
     match (item, result) {
-            (IngestItem::Event(stored), IngestResult::Planned { commands }) => {
-                debug!(event.id = %stored.event.id, object.id = stored.event.subject.object_id(), commands, trace_id, "event stored");
-            }
-            (IngestItem::Event(stored), IngestResult::Ignored | IngestResult::Duplicate) => {
-                let outcome = if *result == IngestResult::Ignored {
-                    "ignored"
-                } else {
-                    "duplicate"
-                };
-                info!(
-                    event.id = %stored.event.id,
-                    object.id = stored.event.subject.object_id(),
-                    event.type = %stored.event.event_type,
-                    redelivered = stored.redelivered,
-                    outcome,
-                    trace_id,
-                    "event settled"
-                );
-            }
-            (IngestItem::Rejected(message), IngestResult::DeadLettered { id }) => {
-                warn!(
-                    dead_letter.id = id,
-                    event.id = message.rejection.event_id.map(|id| id.to_string()),
-                    routing_key = %message.routing_key,
-                    reason = %message.rejection.reason,
-                    detail = %message.rejection.detail,
-                    size_bytes = message.size_bytes,
-                    outcome = "dead_lettered",
-                    trace_id,
-                    "message dead-lettered"
-                );
-            }
-            _ => {}
+        (IngestItem::Event(stored), IngestResult::Planned { commands }) => {
+            debug!(event.id = %stored.event.id, object.id = stored.event.subject.object_id(), commands, trace_id, "event stored");
+        }
+        (IngestItem::Event(stored), IngestResult::Ignored | IngestResult::Duplicate) => {
+            let outcome = if *result == IngestResult::Ignored {
+                "ignored"
+            } else {
+                "duplicate"
+            };
+            info!(
+                event.id = %stored.event.id,
+                object.id = stored.event.subject.object_id(),
+                event.type = %stored.event.event_type,
+                redelivered = stored.redelivered,
+                outcome,
+                trace_id,
+                "event settled"
+            );
+        }
+        (IngestItem::Rejected(message), IngestResult::DeadLettered { id }) => {
+            warn!(
+                dead_letter.id = id,
+                event.id = message.rejection.event_id.map(|id| id.to_string()),
+                routing_key = %message.routing_key,
+                reason = %message.rejection.reason,
+                detail = %message.rejection.detail,
+                size_bytes = message.size_bytes,
+                outcome = "dead_lettered",
+                trace_id,
+                "message dead-lettered"
+            );
+        }
+        _ => {}
     }
 }

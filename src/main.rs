@@ -61,8 +61,8 @@ fn main() -> ExitCode {
         }
     });
 
-    // Neither a task that does not end nor a collector that does not answer may keep
-    // the process from exiting: both steps have a time limit.
+    // Neither a task that does not end nor a collector that does not respond may keep
+    // the process from exiting, because both steps have a time limit.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_LIMIT);
     telemetry.shutdown();
     exit.into()

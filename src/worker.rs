@@ -33,7 +33,7 @@ pub struct Worker {
     pub readiness: Arc<Readiness>,
     pub worker_id: String,
     /// The address of `/healthz`, `/readyz` and `/metrics`, when `telemetry.listen`
-    /// is set; with port 0 it holds the port chosen.
+    /// is set. With port 0 it contains the port chosen.
     pub health_address: Option<SocketAddr>,
     health_listener: Option<TcpListener>,
 }
@@ -63,7 +63,7 @@ impl Worker {
     }
 
     /// Consumes and dispatches until `shutdown` is cancelled, or until one side fails
-    /// for good, which stops the other side too. The health endpoints answer until
+    /// for good, which stops the other side too. The health endpoints respond until
     /// both sides have stopped.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config.clone();

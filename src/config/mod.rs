@@ -167,8 +167,8 @@ pub struct TelemetryConfig {
 }
 
 impl TelemetryConfig {
-    /// The listener's address, or `None` when the listener is off. Validation has
-    /// checked that a non-empty value parses.
+    /// Returns the listener's address, or `None` when the listener is off. Validation
+    /// has checked that a non-empty value parses.
     pub fn listen_address(&self) -> Option<std::net::SocketAddr> {
         let listen = self.listen.trim();
         if listen.is_empty() {
@@ -393,18 +393,24 @@ impl Config {
         self.validate_telemetry(&fail)
     }
 
-    fn validate_telemetry(&self, fail: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+    fn validate_telemetry(
+        &self,
+        fail: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
         let telemetry = &self.telemetry;
         let listen = telemetry.listen.trim();
         if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(fail(
                 "telemetry.listen",
-                format!("{listen:?} is not an address; expected an IP address and a port such as 127.0.0.1:9464, or \"\" to turn the listener off"),
+                format!(
+                    "{listen:?} is not an address; expected an IP address and a port such as 127.0.0.1:9464, or \"\" to turn the listener off"
+                ),
             ));
         }
         let endpoint = telemetry.otlp_endpoint.trim();
         if !endpoint.is_empty() {
-            check_otlp_endpoint(endpoint).map_err(|message| fail("telemetry.otlp_endpoint", message))?;
+            check_otlp_endpoint(endpoint)
+                .map_err(|message| fail("telemetry.otlp_endpoint", message))?;
         }
         if telemetry.service_name.trim().is_empty() {
             return Err(fail("telemetry.service_name", "must not be empty".into()));
@@ -620,9 +626,21 @@ mod tests {
     fn invalid_telemetry_settings_name_the_key() {
         for (variable, value, key) in [
             ("ERP_SYNC_TELEMETRY_LISTEN", "localhost", "telemetry.listen"),
-            ("ERP_SYNC_TELEMETRY_OTLP_ENDPOINT", "grpc://127.0.0.1:4317", "telemetry.otlp_endpoint"),
-            ("ERP_SYNC_TELEMETRY_OTLP_ENDPOINT", "127.0.0.1:4318", "telemetry.otlp_endpoint"),
-            ("ERP_SYNC_TELEMETRY_GAUGE_INTERVAL", "0s", "telemetry.gauge_interval"),
+            (
+                "ERP_SYNC_TELEMETRY_OTLP_ENDPOINT",
+                "grpc://127.0.0.1:4317",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "ERP_SYNC_TELEMETRY_OTLP_ENDPOINT",
+                "127.0.0.1:4318",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "ERP_SYNC_TELEMETRY_GAUGE_INTERVAL",
+                "0s",
+                "telemetry.gauge_interval",
+            ),
         ] {
             let error = load_with(&[(variable, value)]).unwrap_err().to_string();
             assert!(error.contains(key), "{variable}={value}: {error}");

@@ -118,9 +118,9 @@ pub async fn execute_attempt(
     }
 }
 
-/// Opens the span of one attempt. Its parent is the context stored with the command;
-/// the deliveries of the other events the command serves (a synchronization that
-/// several events joined) are linked, each link naming its event.
+/// Opens the span of one attempt, whose parent is the context stored with the command.
+/// When several events joined the command, the span links to the deliveries of the
+/// others, and each link names its event.
 fn attempt_span(command: &ClaimedCommand) -> Span {
     let parent = TraceContext::new(command.traceparent.clone(), command.tracestate.clone());
     let events = command.event_ids.iter().zip(&command.event_traceparents);

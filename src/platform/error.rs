@@ -182,8 +182,8 @@ impl PlatformError {
         }
     }
 
-    /// The failure as the semantic conventions' `error.type`: the status code for an
-    /// error answer, otherwise the short name of [`PlatformError::kind`].
+    /// Returns the failure as the semantic conventions' `error.type`: the status code
+    /// of an error response, otherwise the short name of [`PlatformError::kind`].
     pub fn error_type(&self) -> String {
         match self {
             PlatformError::Status { status, .. } => status.to_string(),

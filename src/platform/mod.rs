@@ -140,9 +140,16 @@ impl PlatformClient {
         context: &mut CallContext,
     ) -> Result<(), PlatformError> {
         let path = format!("/buyers/{buyer}/synchronize");
-        self.send(Method::POST, &path, "/buyers/{id}/synchronize", None, None, context)
-            .await
-            .map(drop)
+        self.send(
+            Method::POST,
+            &path,
+            "/buyers/{id}/synchronize",
+            None,
+            None,
+            context,
+        )
+        .await
+        .map(drop)
     }
 
     /// `GET /buyers/{id}`.
@@ -379,7 +386,7 @@ impl PlatformClient {
     }
 
     /// Records the outcome of a request on its span and in the request duration
-    /// metric. Any 4xx or 5xx answer, and a request without an answer, is an error.
+    /// metric. Any 4xx or 5xx response, and a request without a response, is an error.
     fn record_request(
         &self,
         span: &tracing::Span,

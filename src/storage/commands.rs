@@ -64,7 +64,7 @@ pub enum FollowUp {
 }
 
 impl Finish {
-    /// The name of the decision, as audit rows and metrics give it.
+    /// Returns the name of the decision, as audit rows and metrics give it.
     pub fn name(&self) -> &'static str {
         match self {
             Finish::Applied => "applied",
@@ -114,8 +114,8 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
-    /// The trace context the attempt's audit rows name: the attempt's own, else the
-    /// command's.
+    /// Returns the trace context that the attempt's audit rows name: the attempt's
+    /// own, else the command's.
     pub fn traceparent(&self) -> Option<&str> {
         self.attempt_traceparent
             .as_deref()

@@ -43,7 +43,7 @@ pub const COMMANDS_CHANNEL: &str = "erp_sync_commands";
 pub struct PoolUsage {
     pub idle: u32,
     pub used: u32,
-    /// The most connections the pool opens.
+    /// The maximum number of connections of the pool.
     pub max: u32,
 }
 
@@ -256,7 +256,9 @@ impl Database {
     /// pool's own counters.
     pub fn pool_usage(&self) -> PoolUsage {
         let open = self.pool.size();
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX).min(open);
+        let idle = u32::try_from(self.pool.num_idle())
+            .unwrap_or(u32::MAX)
+            .min(open);
         PoolUsage {
             idle,
             used: open - idle,

@@ -59,14 +59,14 @@ impl TraceContext {
         TraceContextPropagator::new().extract(&headers)
     }
 
-    /// The span context the `traceparent` names, when it is valid.
+    /// Returns the span context that the `traceparent` names, when it is valid.
     pub fn span_context(&self) -> Option<SpanContext> {
         let parent = self.to_parent();
         let span_context = parent.span().span_context().clone();
         span_context.is_valid().then_some(span_context)
     }
 
-    /// The trace id in lower-case hex, when the `traceparent` is valid.
+    /// Returns the trace id in lower-case hex, when the `traceparent` is valid.
     pub fn trace_id(&self) -> Option<String> {
         self.span_context()
             .map(|context| context.trace_id().to_string())

@@ -3,7 +3,7 @@
 //!
 //! Spans are queued by the SDK's batch span processor and metrics are collected by its
 //! periodic reader; both export from threads of their own through reqwest's blocking
-//! client, so a collector that is down or never answers holds up neither the Tokio
+//! client, so a collector that is down or never responds holds up neither the Tokio
 //! runtime nor event processing. The span queue is bounded (2,048 spans unless
 //! `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise); when it is full, new spans are dropped.
 
@@ -27,7 +27,7 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(600);
 /// The one protocol erp-sync exports with.
 const HTTP_PROTOBUF: &str = "http/protobuf";
 
-/// Where one signal is exported to.
+/// The destination of one signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Target {
     /// The URL the exporter posts to, for messages.
@@ -78,8 +78,8 @@ const METRICS: Signal = Signal {
 };
 
 impl ExportPlan {
-    /// Decides what to export where. `env` reads a variable; an empty value counts as
-    /// unset, as the OpenTelemetry specification asks.
+    /// Decides which signals to export and where. `env` reads a variable, and an empty
+    /// value counts as unset, as the OpenTelemetry specification requires.
     pub fn resolve(
         config: &TelemetryConfig,
         env: &dyn Fn(&str) -> Option<String>,
@@ -91,9 +91,13 @@ impl ExportPlan {
 
         let traces = resolve_target(&TRACES, config, &env)?;
         let metrics = resolve_target(&METRICS, config, &env)?;
-        let timeout_set = ["OTEL_EXPORTER_OTLP_TIMEOUT", TRACES.timeout_var, METRICS.timeout_var]
-            .iter()
-            .any(|name| env(name).is_some());
+        let timeout_set = [
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            TRACES.timeout_var,
+            METRICS.timeout_var,
+        ]
+        .iter()
+        .any(|name| env(name).is_some());
         Ok(ExportPlan {
             traces,
             metrics,
@@ -389,11 +393,14 @@ mod tests {
 
     #[test]
     fn nothing_is_exported_by_default() {
-        assert_eq!(plan("", &[]).unwrap(), ExportPlan {
-            timeout: Some(Duration::from_secs(5)),
-            metric_interval: Some(Duration::from_secs(30)),
-            ..ExportPlan::default()
-        });
+        assert_eq!(
+            plan("", &[]).unwrap(),
+            ExportPlan {
+                timeout: Some(Duration::from_secs(5)),
+                metric_interval: Some(Duration::from_secs(30)),
+                ..ExportPlan::default()
+            }
+        );
     }
 
     #[test]
@@ -401,8 +408,14 @@ mod tests {
         let plan = plan("http://127.0.0.1:4318/", &[]).unwrap();
         let traces = plan.traces.unwrap();
         assert_eq!(traces.url, "http://127.0.0.1:4318/v1/traces");
-        assert_eq!(traces.explicit.as_deref(), Some("http://127.0.0.1:4318/v1/traces"));
-        assert_eq!(plan.metrics.unwrap().url, "http://127.0.0.1:4318/v1/metrics");
+        assert_eq!(
+            traces.explicit.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        assert_eq!(
+            plan.metrics.unwrap().url,
+            "http://127.0.0.1:4318/v1/metrics"
+        );
     }
 
     #[test]
@@ -411,7 +424,10 @@ mod tests {
             "http://127.0.0.1:4318",
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:14318"),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:24318/traces"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://127.0.0.1:24318/traces",
+                ),
                 ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
                 ("OTEL_METRIC_EXPORT_INTERVAL", "5000"),
             ],
@@ -419,8 +435,14 @@ mod tests {
         .unwrap();
         let traces = plan.traces.unwrap();
         assert_eq!(traces.url, "http://127.0.0.1:24318/traces");
-        assert_eq!(traces.explicit, None, "the exporter reads the variable itself");
-        assert_eq!(plan.metrics.unwrap().url, "http://127.0.0.1:14318/v1/metrics");
+        assert_eq!(
+            traces.explicit, None,
+            "the exporter reads the variable itself"
+        );
+        assert_eq!(
+            plan.metrics.unwrap().url,
+            "http://127.0.0.1:14318/v1/metrics"
+        );
         assert_eq!(plan.timeout, None);
         assert_eq!(plan.metric_interval, None);
     }
@@ -431,15 +453,19 @@ mod tests {
         assert_eq!(plan.traces, None);
         assert!(plan.metrics.is_some());
 
-        let disabled = super::tests::plan("http://127.0.0.1:4318", &[("OTEL_SDK_DISABLED", "true")]);
+        let disabled =
+            super::tests::plan("http://127.0.0.1:4318", &[("OTEL_SDK_DISABLED", "true")]);
         assert_eq!(disabled.unwrap(), ExportPlan::default());
     }
 
     #[test]
     fn grpc_protocol_is_rejected_with_the_variable() {
-        let error = plan("http://127.0.0.1:4318", &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])
-            .unwrap_err()
-            .to_string();
+        let error = plan(
+            "http://127.0.0.1:4318",
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{error}");
         assert!(error.contains("http/protobuf"), "{error}");
     }

@@ -25,8 +25,8 @@ use crate::config::LogFormat;
 /// A layer of the global subscriber.
 pub(super) type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
-/// Most distinct warnings and errors remembered for suppression; past it the ones
-/// whose window has ended are forgotten, and if that is not enough, all of them.
+/// Maximum number of distinct warnings and errors remembered for suppression. Past it
+/// the ones whose window has ended are forgotten, and then all of them if needed.
 const MAX_REMEMBERED_LINES: usize = 4096;
 
 /// Builds the log layer: `RUST_LOG` or `default_filter` picks the lines, a writer
@@ -138,8 +138,11 @@ where
             let summary = summary_metadata(level);
             let fields = summary.fields();
             let message = "identical log lines suppressed";
-            let values: [Option<&dyn tracing::Value>; 3] =
-                [Some(&message), Some(&suppressed), Some(&line.message.as_str())];
+            let values: [Option<&dyn tracing::Value>; 3] = [
+                Some(&message),
+                Some(&suppressed),
+                Some(&line.message.as_str()),
+            ];
             let value_set = fields.value_set_all(&values);
             self.inner
                 .on_event(&Event::new(summary, &value_set), ctx.clone());
@@ -204,7 +207,7 @@ where
     }
 }
 
-/// What makes two lines identical: the callsite and every field's value.
+/// The identity of a line: its callsite and every field's value.
 struct Fingerprint {
     hash: u64,
     message: String,
@@ -269,7 +272,7 @@ static ERROR_SUMMARY: Metadata<'static> = Metadata::new(
     Kind::EVENT,
 );
 
-/// The summary line has the level of the line it counts.
+/// Chooses the metadata of the summary line, which has the level of the line it counts.
 fn summary_metadata(level: Level) -> &'static Metadata<'static> {
     if level == Level::ERROR {
         &ERROR_SUMMARY
@@ -286,9 +289,12 @@ mod tests {
 
     use super::*;
 
-    /// Collects the message and `suppressed` field of every event it receives.
+    /// The message and the `suppressed` field of each line.
+    type Lines = Vec<(String, Option<u64>)>;
+
+    /// Collects the lines it receives.
     #[derive(Clone, Default)]
-    struct Collect(Arc<Mutex<Vec<(String, Option<u64>)>>>);
+    struct Collect(Arc<Mutex<Lines>>);
 
     impl<S: Subscriber> Layer<S> for Collect {
         fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
@@ -316,13 +322,11 @@ mod tests {
         }
     }
 
-    fn lines_written(window: Duration, emit: impl FnOnce()) -> Vec<(String, Option<u64>)> {
+    fn lines_written(window: Duration, emit: impl FnOnce()) -> Lines {
         let collect = Collect::default();
-        let subscriber =
-            Registry::default().with(RepeatLimiter::new(collect.clone(), window));
+        let subscriber = Registry::default().with(RepeatLimiter::new(collect.clone(), window));
         tracing::subscriber::with_default(subscriber, emit);
-        let lines = collect.0.lock().unwrap().clone();
-        lines
+        collect.0.lock().unwrap().clone()
     }
 
     #[test]

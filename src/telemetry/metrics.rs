@@ -2,10 +2,10 @@
 //! 1.42.0) where they define one; the others start with `erp_sync.`.
 //!
 //! Counters and histograms are recorded in process as work happens. Gauges are read
-//! when metrics are collected (a scrape of `/metrics` or a periodic OTLP export): the
-//! connection states from the worker's readiness flags and pool, and the open work
-//! from a snapshot the worker refreshes every `telemetry.gauge_interval` with one
-//! cheap query, never per event.
+//! when metrics are collected, by a scrape of `/metrics` or a periodic OTLP export.
+//! The connection states come from the worker's readiness flags and pool. The open
+//! work comes from a snapshot that the worker refreshes every
+//! `telemetry.gauge_interval` with one cheap query, never per event.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ pub mod attribute {
     pub const OUTCOME: &str = "erp_sync.outcome";
     /// The kind of a command: `synchronize_buyer`, `set_erp_link_status`, ….
     pub const COMMAND_KIND: &str = "erp_sync.command.kind";
-    /// What an attempt led to: `applied`, `retry`, `parked`, `deferred` or `continue`.
+    /// The result of an attempt: `applied`, `retry`, `parked`, `deferred` or `continue`.
     pub const ATTEMPT_RESULT: &str = "erp_sync.attempt.result";
     /// An open state of a command: `pending`, `running` or `parked`.
     pub const COMMAND_STATE: &str = "erp_sync.command.state";
@@ -53,7 +53,7 @@ const SETTLE_DURATION_BOUNDARIES: [f64; 14] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
-/// The instrumentation scope of erp-sync's spans and metrics.
+/// Builds the instrumentation scope of erp-sync's spans and metrics.
 pub fn scope() -> InstrumentationScope {
     InstrumentationScope::builder(SCOPE_NAME)
         .with_version(env!("CARGO_PKG_VERSION"))
@@ -63,9 +63,9 @@ pub fn scope() -> InstrumentationScope {
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
-/// The process's instruments, created on first use from the global meter provider.
-/// [`super::Telemetry::install`] sets that provider first; without it (in tests that
-/// install no telemetry) every instrument records nothing.
+/// Returns the process's instruments, creating them on first use from the global meter
+/// provider. [`super::Telemetry::install`] sets that provider first. Without it, as in
+/// tests that install no telemetry, every instrument records nothing.
 pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| Metrics::new(&global::meter_with_scope(scope())))
 }
@@ -83,7 +83,7 @@ pub struct Metrics {
     observed: Arc<Observed>,
 }
 
-/// What a delivery was, for the messaging metrics.
+/// Labels of a delivery in the messaging metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct DeliveryLabels<'a> {
     /// The exchange the message was published to.
@@ -103,7 +103,7 @@ pub struct PlatformCall<'a> {
     pub server_port: u16,
     pub status: Option<u16>,
     /// The status code as text for 4xx and 5xx, or `timeout` or `connection` when no
-    /// answer came.
+    /// response came.
     pub error_type: Option<&'a str>,
     pub duration: Duration,
 }
@@ -218,7 +218,10 @@ impl Metrics {
     pub fn dead_lettered(&self, reason: &str) {
         self.dead_letters.add(
             1,
-            &[KeyValue::new(attribute::DEAD_LETTER_REASON, reason.to_owned())],
+            &[KeyValue::new(
+                attribute::DEAD_LETTER_REASON,
+                reason.to_owned(),
+            )],
         );
     }
 
@@ -294,13 +297,14 @@ pub struct ObservedWorker {
 #[derive(Debug)]
 pub struct OpenWorkSnapshot {
     latest: Mutex<Option<(Instant, OpenWork)>>,
-    /// Counts older than this are not reported, so a database that stopped answering
+    /// Counts older than this are not reported, so a database that stopped responding
     /// shows as missing data instead of as counts that look current.
     max_age: Duration,
 }
 
 impl OpenWorkSnapshot {
-    /// An empty snapshot whose counts are reported for `max_age` after each refresh.
+    /// Creates an empty snapshot whose counts are reported for `max_age` after each
+    /// refresh.
     pub fn new(max_age: Duration) -> OpenWorkSnapshot {
         OpenWorkSnapshot {
             latest: Mutex::new(None),
@@ -336,7 +340,8 @@ impl Observed {
     }
 
     fn open_work(&self) -> Option<OpenWork> {
-        self.with_worker(|worker| worker.open_work.fresh()).flatten()
+        self.with_worker(|worker| worker.open_work.fresh())
+            .flatten()
     }
 }
 
@@ -348,7 +353,9 @@ fn register_gauges(meter: &Meter, observed: &Arc<Observed>) {
         .with_unit("{command}")
         .with_description("Open commands by state: pending, running or parked.")
         .with_callback(move |observer| {
-            let Some(work) = state.open_work() else { return };
+            let Some(work) = state.open_work() else {
+                return;
+            };
             for (name, count) in [
                 ("pending", work.pending),
                 ("running", work.running),
@@ -391,7 +398,9 @@ fn register_gauges(meter: &Meter, observed: &Arc<Observed>) {
         .with_unit("{command}")
         .with_description("Parked commands waiting for an operator, by park reason.")
         .with_callback(move |observer| {
-            let Some(work) = state.open_work() else { return };
+            let Some(work) = state.open_work() else {
+                return;
+            };
             for (reason, count) in &work.parked {
                 observer.observe(
                     *count,
@@ -416,32 +425,40 @@ fn register_gauges(meter: &Meter, observed: &Arc<Observed>) {
     register_connection_gauges(meter, observed);
 }
 
+/// A gauge that reports one readiness flag as 1 or 0.
+struct ReadinessGauge {
+    name: &'static str,
+    description: &'static str,
+    read: fn(&Readiness) -> bool,
+}
+
+const READINESS_GAUGES: [ReadinessGauge; 3] = [
+    ReadinessGauge {
+        name: "erp_sync.broker.consumer.active",
+        description: "1 while the worker has a consumer on the work queue, 0 while it reconnects to RabbitMQ.",
+        read: Readiness::is_consuming,
+    },
+    ReadinessGauge {
+        name: "erp_sync.database.reachable",
+        description: "1 while the last database operation succeeded, 0 after one failed.",
+        read: Readiness::is_database_reachable,
+    },
+    ReadinessGauge {
+        name: "erp_sync.dispatch.paused",
+        description: "1 while dispatch is paused because the platform rejected the API token (401), otherwise 0.",
+        read: Readiness::is_dispatch_paused,
+    },
+];
+
 /// Registers the gauges read from the readiness flags and the connection pool.
 fn register_connection_gauges(meter: &Meter, observed: &Arc<Observed>) {
-    let flags: [(&'static str, &'static str, fn(&Readiness) -> bool); 3] = [
-        (
-            "erp_sync.broker.consumer.active",
-            "1 while the worker has a consumer on the work queue, 0 while it reconnects to RabbitMQ.",
-            Readiness::is_consuming,
-        ),
-        (
-            "erp_sync.database.reachable",
-            "1 while the last database operation succeeded, 0 after one failed for lack of a connection.",
-            Readiness::is_database_reachable,
-        ),
-        (
-            "erp_sync.dispatch.paused",
-            "1 while dispatch is paused because the platform refused the API token, otherwise 0.",
-            Readiness::is_dispatch_paused,
-        ),
-    ];
-    for (name, description, read) in flags {
+    for flag in READINESS_GAUGES {
         let state = observed.clone();
         meter
-            .u64_observable_gauge(name)
-            .with_description(description)
+            .u64_observable_gauge(flag.name)
+            .with_description(flag.description)
             .with_callback(move |observer| {
-                if let Some(up) = state.with_worker(|worker| read(&worker.readiness)) {
+                if let Some(up) = state.with_worker(|worker| (flag.read)(&worker.readiness)) {
                     observer.observe(u64::from(up), &[]);
                 }
             })

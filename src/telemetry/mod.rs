@@ -16,7 +16,7 @@
 //! Traces and metrics are exported over OTLP/HTTP only when a collector is configured
 //! ([`export`]). Exports run on threads of their own with bounded queues and time
 //! limits, and [`Telemetry::shutdown`] gives the last flush a time limit, so a
-//! collector that is down or never answers can neither slow the worker nor keep it
+//! collector that is down or never responds can neither slow the worker nor keep it
 //! from exiting.
 
 pub mod context;
@@ -59,7 +59,7 @@ pub const QUIET_FILTER: &str = "warn";
 /// trace context never depends on the log level.
 const TRACED_TARGET: &str = "erp_sync";
 
-/// What a command needs from telemetry.
+/// Telemetry settings of a command.
 #[derive(Debug, Clone, Copy)]
 pub struct TelemetrySettings<'a> {
     pub log: &'a LogConfig,
@@ -179,9 +179,13 @@ impl Telemetry {
             }));
         }
         if let Some(provider) = self.meter_provider.take() {
-            waiting += usize::from(shut_down_in_background("metrics", done.clone(), move || {
-                let _ = provider.shutdown_with_timeout(limit);
-            }));
+            waiting += usize::from(shut_down_in_background(
+                "metrics",
+                done.clone(),
+                move || {
+                    let _ = provider.shutdown_with_timeout(limit);
+                },
+            ));
         }
         drop(done);
 
