@@ -304,6 +304,11 @@ impl ExportReporter {
         }
     }
 
+    /// Reports whether the latest export failed.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.state.lock().expect("export reporter lock").failing
+    }
+
     /// Reports that the flush at exit did not finish within `limit`.
     pub(crate) fn flush_timed_out(&self, limit: Duration) {
         let warn_now = self.state.lock().expect("export reporter lock").may_warn();

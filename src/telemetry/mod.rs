@@ -55,6 +55,11 @@ pub const DEFAULT_FILTER: &str =
 /// is not set: only warnings and errors.
 pub const QUIET_FILTER: &str = "warn";
 
+/// Time limit of the flush at exit when the latest export failed: the collector is
+/// unlikely to recover in the last moments of the process, so the flush is not given
+/// the whole `telemetry.shutdown_timeout` to retry a dead connection.
+const FAILING_COLLECTOR_FLUSH_LIMIT: Duration = Duration::from_millis(500);
+
 /// Target whose spans become OpenTelemetry spans; `RUST_LOG` does not change it, so
 /// trace context never depends on the log level.
 const TRACED_TARGET: &str = "erp_sync";
@@ -164,12 +169,16 @@ impl Telemetry {
         }
     }
 
-    /// Sends what is still queued, within `telemetry.shutdown_timeout`, then flushes
-    /// the log lines. The providers shut down on threads of their own, so an export
-    /// that never returns is abandoned at the time limit instead of holding the
-    /// process, whatever the runtime.
+    /// Sends what is still queued, within `telemetry.shutdown_timeout` (or less when
+    /// the latest export failed), then flushes the log lines. The providers shut down
+    /// on threads of their own, so an export that never returns is abandoned at the
+    /// time limit instead of holding the process, whatever the runtime.
     pub fn shutdown(mut self) {
-        let limit = self.shutdown_timeout;
+        let limit = if self.reporter.is_failing() {
+            self.shutdown_timeout.min(FAILING_COLLECTOR_FLUSH_LIMIT)
+        } else {
+            self.shutdown_timeout
+        };
         let deadline = Instant::now() + limit;
         let (done, finished) = mpsc::channel::<()>();
         let mut waiting = 0;
