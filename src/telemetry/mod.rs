@@ -3,7 +3,7 @@
 //! [`Telemetry::install`] sets up all three once per process:
 //!
 //! - Logs: human-readable lines or JSON on standard error, written by a thread of
-//!   their own so a slow terminal or pipe never holds up event processing ([`logs`]).
+//!   their own so a slow terminal or pipe never holds up event processing.
 //!   `RUST_LOG` sets the level filter; identical warnings and errors are written once
 //!   per `log.repeat_window`.
 //! - Traces: the worker's `tracing` spans become OpenTelemetry spans, one per
@@ -11,13 +11,13 @@
 //!   through the trace context stored with events and commands ([`context`]). Spans
 //!   always get ids, so trace ids reach the audit trail and the platform whether or
 //!   not anything is exported.
-//! - Metrics ([`metrics`]) are served in the Prometheus text format at `/metrics`.
+//! - Metrics ([`metrics`](mod@metrics)) are served in the Prometheus text format at
+//!   `/metrics`.
 //!
-//! Traces and metrics are exported over OTLP/HTTP only when a collector is configured
-//! ([`export`]). Exports run on threads of their own with bounded queues and time
-//! limits, and [`Telemetry::shutdown`] gives the last flush a time limit, so a
-//! collector that is down or never responds can neither slow the worker nor keep it
-//! from exiting.
+//! Traces and metrics are exported over OTLP/HTTP only when a collector is configured.
+//! Exports run on threads of their own with bounded queues and time limits, and
+//! [`Telemetry::shutdown`] gives the last flush a time limit, so a collector that is
+//! down or never responds can neither slow the worker nor keep it from exiting.
 
 pub mod context;
 mod export;
