@@ -403,10 +403,10 @@ fn finish_deliveries(
 
 /// Writes the line of one delivery, inside its span.
 fn log_result(item: &IngestItem, result: &IngestResult, span: &Span) {
-    let trace_id = TraceContext::of_span(span).and_then(|trace| trace.trace_id());
+    let trace_id = || TraceContext::of_span(span).and_then(|trace| trace.trace_id());
     match (item, result) {
         (IngestItem::Event(stored), IngestResult::Planned { commands }) => {
-            debug!(event.id = %stored.event.id, object.id = stored.event.subject.object_id(), commands, trace_id, "event stored");
+            debug!(event.id = %stored.event.id, object.id = stored.event.subject.object_id(), commands, "event stored");
         }
         (IngestItem::Event(stored), IngestResult::Ignored | IngestResult::Duplicate) => {
             let outcome = if *result == IngestResult::Ignored {
@@ -420,7 +420,7 @@ fn log_result(item: &IngestItem, result: &IngestResult, span: &Span) {
                 event.type = %stored.event.event_type,
                 redelivered = stored.redelivered,
                 outcome,
-                trace_id,
+                trace_id = trace_id(),
                 "event settled"
             );
         }
@@ -433,7 +433,7 @@ fn log_result(item: &IngestItem, result: &IngestResult, span: &Span) {
                 detail = %message.rejection.detail,
                 size_bytes = message.size_bytes,
                 outcome = "dead_lettered",
-                trace_id,
+                trace_id = trace_id(),
                 "message dead-lettered"
             );
         }

@@ -2,7 +2,7 @@
 //! and the reporting of failed exports.
 //!
 //! Spans are queued by the SDK's batch span processor and metrics are collected by its
-//! periodic reader; both export from threads of their own through reqwest's blocking
+//! periodic reader. Both export from threads of their own through reqwest's blocking
 //! client, so a collector that is down or never responds holds up neither the Tokio
 //! runtime nor event processing. The span queue is bounded (2,048 spans unless
 //! `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise); when it is full, new spans are dropped.

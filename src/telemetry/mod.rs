@@ -15,9 +15,9 @@
 //!   `/metrics`.
 //!
 //! Traces and metrics are exported over OTLP/HTTP only when a collector is configured.
-//! Exports run on threads of their own with bounded queues and time limits, and
-//! [`Telemetry::shutdown`] gives the last flush a time limit, so a collector that is
-//! down or never responds can neither slow the worker nor keep it from exiting.
+//! Exports run on threads of their own with bounded queues and time limits. The last
+//! flush at [`Telemetry::shutdown`] has a time limit too. So a collector that is down
+//! or never responds can neither slow the worker nor keep it from exiting.
 
 pub mod context;
 mod export;
