@@ -145,7 +145,8 @@ impl TestEnv {
         self.readiness.clone()
     }
 
-    /// The URL of a path on the last started worker's health and metrics listener.
+    /// Returns the URL of a path on the last started worker's health and metrics
+    /// listener.
     pub fn health_url(&self, path: &str) -> String {
         let address = self
             .health_address
@@ -410,7 +411,7 @@ async fn drop_database(name: &str) {
 }
 
 /// Sends a GET request and returns the status code and the body, failing the test
-/// when no answer comes within a few seconds.
+/// when no response comes within a few seconds.
 pub async fn http_get(url: &str) -> (u16, String) {
     let response = reqwest::Client::new()
         .get(url)
