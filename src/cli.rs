@@ -4,14 +4,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::broker::BrokerLink;
 use crate::config::{Config, LogFormat};
-use crate::exit::Incomplete;
+use crate::exit::{Exit, Incomplete};
 use crate::operator::{self, ReplayRequest};
 use crate::publish::{prepare_lines, publish_lines};
 use crate::storage::{Database, DeadLetterSelector, ParkedSelector};
+use crate::telemetry::{Telemetry, TelemetrySettings};
 use crate::worker::Worker;
 
 /// erp-sync keeps the SoftwareOne Marketplace Platform in step with the ERP: it consumes
@@ -180,6 +184,12 @@ impl Cli {
         }
     }
 
+    /// Reports whether the command exports spans and metrics to a configured
+    /// collector. Only the daemon does, and other commands only log.
+    pub fn exports_telemetry(&self) -> bool {
+        matches!(self.command, Command::Run)
+    }
+
     /// Loads the configuration the command runs with.
     pub fn load_config(&self) -> anyhow::Result<Config> {
         let mut config = Config::load(self.config.as_deref())?;
@@ -309,4 +319,68 @@ async fn publish_file(config: &Config, args: &PublishArgs) -> anyhow::Result<()>
     } else {
         Err(Incomplete("some lines were not published".to_owned()).into())
     }
+}
+
+/// How long tasks still running after the command returned (a blocking DNS lookup,
+/// for one) may take before the process exits without them.
+const RUNTIME_SHUTDOWN_LIMIT: Duration = Duration::from_secs(1);
+
+/// Runs `erp-sync` with the given command line (the program name first), returning the
+/// process exit code. The benchmark harness runs its worker and simulator through it.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    let config = match cli.load_config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("erp-sync: {error:#}");
+            return Exit::for_error(&error).into();
+        }
+    };
+    let telemetry = match Telemetry::install(TelemetrySettings {
+        log: &config.log,
+        telemetry: &config.telemetry,
+        default_filter: cli.default_log_filter(),
+        export: cli.exports_telemetry(),
+    }) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("erp-sync: {error:#}");
+            return Exit::for_error(&error).into();
+        }
+    };
+
+    // The worker threads follow TOKIO_WORKER_THREADS when it is set.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("erp-sync: cannot start the Tokio runtime: {error}");
+            return Exit::Failure.into();
+        }
+    };
+    let exit = runtime.block_on(async {
+        match run_command(cli, config).await {
+            Ok(()) => Exit::Success,
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "erp-sync stopped with an error"
+                );
+                eprintln!("erp-sync: {error:#}");
+                Exit::for_error(&error)
+            }
+        }
+    });
+
+    // Neither a task that does not end nor a collector that does not respond may keep
+    // the process from exiting, because both steps have a time limit.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_LIMIT);
+    telemetry.shutdown();
+    exit.into()
 }

@@ -9,7 +9,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span, debug, error, info, warn};
 
 use crate::broker::{BrokerError, BrokerLink, ConsumerSession, DeadLetterPublisher, Inbound};
 use crate::config::Config;
@@ -19,6 +20,9 @@ use crate::plan::plan_event;
 use crate::storage::{
     Database, IngestItem, IngestResult, RejectedMessage, StoredBatch, StoredEvent,
 };
+use crate::telemetry::context::TraceContext;
+use crate::telemetry::metrics::{DeliveryLabels, metrics};
+use crate::telemetry::report_settled;
 
 /// Longest pause between two attempts to store a batch while the database is down.
 const MAX_STORE_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -150,10 +154,33 @@ async fn consume_until_failure(
         readiness,
         dead_letters: &dead_letters,
         shutdown,
+        broker: BrokerAddress::of(config),
     };
     let result = batches.run(session).await;
     link.close().await;
     result
+}
+
+/// Host and port of the broker, for the `server.*` attributes of delivery spans.
+struct BrokerAddress {
+    host: String,
+    port: u16,
+}
+
+impl BrokerAddress {
+    fn of(config: &Config) -> BrokerAddress {
+        let url = url::Url::parse(config.amqp.url.expose()).ok();
+        let secure = url.as_ref().is_some_and(|url| url.scheme() == "amqps");
+        BrokerAddress {
+            host: url
+                .as_ref()
+                .and_then(|url| url.host_str().map(str::to_owned))
+                .unwrap_or_default(),
+            port: url
+                .and_then(|url| url.port())
+                .unwrap_or(if secure { 5671 } else { 5672 }),
+        }
+    }
 }
 
 struct BatchProcessor<'a> {
@@ -162,6 +189,7 @@ struct BatchProcessor<'a> {
     readiness: &'a Readiness,
     dead_letters: &'a DeadLetterPublisher,
     shutdown: &'a CancellationToken,
+    broker: BrokerAddress,
 }
 
 impl BatchProcessor<'_> {
@@ -179,17 +207,19 @@ impl BatchProcessor<'_> {
                 return Ok(());
             }
 
-            let Some((items, stored)) = self.store(&batch).await? else {
+            let spans: Vec<Span> = batch
+                .iter()
+                .map(|inbound| delivery_span(inbound, &self.broker))
+                .collect();
+            let Some((items, stored)) = self.store(&batch, &spans).await? else {
                 // Shut down while the database was unavailable: nothing of the batch is
                 // acknowledged, so the broker delivers it again later.
                 session.stop().await;
                 return Ok(());
             };
             session.ack(&batch).await?;
-            log_results(&items, &stored.results);
-            for event in &stored.settled {
-                info!(event.id = %event.id, object.id = event.object_id.as_deref().unwrap_or(""), outcome = %event.outcome, "event settled");
-            }
+            finish_deliveries(&batch, &spans, &items, &stored.results);
+            report_settled(&stored.settled);
         }
     }
 
@@ -198,11 +228,12 @@ impl BatchProcessor<'_> {
     async fn store(
         &self,
         batch: &[Inbound],
+        spans: &[Span],
     ) -> Result<Option<(Vec<IngestItem>, StoredBatch)>, BrokerError> {
         let max_bytes = self.config.amqp.max_message_bytes;
         let mut items = Vec::with_capacity(batch.len());
-        for inbound in batch {
-            items.push(self.classify(inbound, max_bytes).await?);
+        for (inbound, span) in batch.iter().zip(spans) {
+            items.push(self.classify(inbound, span, max_bytes).await?);
         }
 
         let mut delay = Duration::from_millis(100);
@@ -234,27 +265,44 @@ impl BatchProcessor<'_> {
     }
 
     /// Turns a delivery into an event with its plan, or into a published dead letter.
+    /// The event keeps the trace context of the delivery's span, so the spans of its
+    /// commands descend from it.
     async fn classify(
         &self,
         inbound: &Inbound,
+        span: &Span,
         max_bytes: usize,
     ) -> Result<IngestItem, BrokerError> {
         match parse_event(&inbound.body, max_bytes) {
             Ok(event) => {
+                metrics().delivery_received(delivery_labels(inbound, None));
+                span.record("event.id", tracing::field::display(event.id));
+                span.record("event.type", event.event_type.as_str());
+                span.record("object.type", event.subject.object_type());
+                if let Some(object_id) = event.subject.object_id() {
+                    span.record("object.id", object_id);
+                }
+                let trace = TraceContext::of_span(span).unwrap_or_else(|| {
+                    TraceContext::new(inbound.traceparent.clone(), inbound.tracestate.clone())
+                });
+
                 let plan = plan_event(&event);
                 Ok(IngestItem::Event(StoredEvent {
                     event,
                     plan,
                     routing_key: inbound.routing_key.clone(),
-                    traceparent: inbound.traceparent.clone(),
-                    tracestate: inbound.tracestate.clone(),
+                    traceparent: trace.traceparent,
+                    tracestate: trace.tracestate,
                     size_bytes: inbound.body.len(),
                     redelivered: inbound.redelivered,
                 }))
             }
             Err(rejection) => {
+                let reason = rejection.reason.as_str();
+                metrics().delivery_received(delivery_labels(inbound, Some(reason)));
                 self.dead_letters
-                    .publish(inbound, rejection.reason.as_str(), &rejection.detail)
+                    .publish(inbound, reason, &rejection.detail)
+                    .instrument(span.clone())
                     .await?;
                 let within_limit = inbound.body.len() <= max_bytes;
                 Ok(IngestItem::Rejected(RejectedMessage {
@@ -270,42 +318,125 @@ impl BatchProcessor<'_> {
     }
 }
 
-/// Writes one line per delivery that settled at ingest; planned events are logged
-/// when their commands finish.
-fn log_results(items: &[IngestItem], results: &[IngestResult]) {
-    for (item, result) in items.iter().zip(results) {
-        match (item, result) {
-            (IngestItem::Event(stored), IngestResult::Planned { commands }) => {
-                debug!(event.id = %stored.event.id, object.id = stored.event.subject.object_id(), commands, "event stored");
-            }
-            (IngestItem::Event(stored), IngestResult::Ignored | IngestResult::Duplicate) => {
-                let outcome = if *result == IngestResult::Ignored {
-                    "ignored"
-                } else {
-                    "duplicate"
-                };
-                info!(
-                    event.id = %stored.event.id,
-                    object.id = stored.event.subject.object_id(),
-                    event.type = %stored.event.event_type,
-                    redelivered = stored.redelivered,
-                    outcome,
-                    "event settled"
-                );
-            }
-            (IngestItem::Rejected(message), IngestResult::DeadLettered { id }) => {
-                warn!(
-                    dead_letter.id = id,
-                    event.id = message.rejection.event_id.map(|id| id.to_string()),
-                    routing_key = %message.routing_key,
-                    reason = %message.rejection.reason,
-                    detail = %message.rejection.detail,
-                    size_bytes = message.size_bytes,
-                    outcome = "dead_lettered",
-                    "message dead-lettered"
-                );
-            }
-            _ => {}
+/// Opens the span of one delivery: a consumer span of the messaging semantic
+/// conventions. A valid `traceparent` header makes it the producer's child; without
+/// one the delivery starts a new trace. The span ends when the delivery is
+/// acknowledged.
+fn delivery_span(inbound: &Inbound, broker: &BrokerAddress) -> Span {
+    // Named `{operation} {destination}`; the default exchange has an empty name.
+    let name = if inbound.exchange.is_empty() {
+        "process".to_owned()
+    } else {
+        format!("process {}", inbound.exchange)
+    };
+    let span = tracing::info_span!(
+        "delivery",
+        otel.name = %name,
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.name = "process",
+        messaging.operation.type = "process",
+        messaging.destination.name = %inbound.exchange,
+        messaging.rabbitmq.destination.routing_key = %inbound.routing_key,
+        messaging.rabbitmq.message.delivery_tag = inbound.delivery_tag,
+        messaging.message.id = inbound.message_id.as_deref(),
+        messaging.message.body.size = inbound.body.len() as u64,
+        server.address = %broker.host,
+        server.port = broker.port,
+        event.id = Empty,
+        event.type = Empty,
+        object.type = Empty,
+        object.id = Empty,
+        erp_sync.ingest.result = Empty,
+        error.type = Empty,
+    );
+    TraceContext::new(inbound.traceparent.clone(), inbound.tracestate.clone()).adopt(&span);
+    span
+}
+
+fn delivery_labels<'a>(inbound: &'a Inbound, error_type: Option<&'a str>) -> DeliveryLabels<'a> {
+    DeliveryLabels {
+        destination: &inbound.exchange,
+        error_type,
+    }
+}
+
+/// Completes each acknowledged delivery: records its result on its span and in the
+/// metrics, and writes one line for each delivery that settled at ingest. Planned
+/// events are logged when their commands finish.
+fn finish_deliveries(
+    batch: &[Inbound],
+    spans: &[Span],
+    items: &[IngestItem],
+    results: &[IngestResult],
+) {
+    for (((inbound, span), item), result) in batch.iter().zip(spans).zip(items).zip(results) {
+        let reason = match item {
+            IngestItem::Rejected(message) => Some(message.rejection.reason.as_str()),
+            IngestItem::Event(_) => None,
+        };
+        let (result_name, outcome) = match result {
+            IngestResult::Planned { .. } => ("planned", None),
+            IngestResult::Ignored => ("ignored", Some("ignored")),
+            IngestResult::Duplicate => ("duplicate", Some("duplicate")),
+            IngestResult::DeadLettered { .. } => ("dead_lettered", Some("dead_lettered")),
+        };
+        span.record("erp_sync.ingest.result", result_name);
+        if let Some(reason) = reason {
+            span.record("error.type", reason);
+            span.record("otel.status_code", "ERROR");
+            metrics().dead_lettered(reason);
         }
+        metrics().delivery_processed(
+            delivery_labels(inbound, reason),
+            inbound.received_at.elapsed(),
+        );
+        if let Some(outcome) = outcome {
+            metrics().delivery_settled(outcome);
+        }
+
+        let _entered = span.enter();
+        log_result(item, result, span);
+    }
+}
+
+/// Writes the line of one delivery, inside its span.
+fn log_result(item: &IngestItem, result: &IngestResult, span: &Span) {
+    let trace_id = || TraceContext::of_span(span).and_then(|trace| trace.trace_id());
+    match (item, result) {
+        (IngestItem::Event(stored), IngestResult::Planned { commands }) => {
+            debug!(event.id = %stored.event.id, object.id = stored.event.subject.object_id(), commands, "event stored");
+        }
+        (IngestItem::Event(stored), IngestResult::Ignored | IngestResult::Duplicate) => {
+            let outcome = if *result == IngestResult::Ignored {
+                "ignored"
+            } else {
+                "duplicate"
+            };
+            info!(
+                event.id = %stored.event.id,
+                object.id = stored.event.subject.object_id(),
+                event.type = %stored.event.event_type,
+                redelivered = stored.redelivered,
+                outcome,
+                trace_id = trace_id(),
+                "event settled"
+            );
+        }
+        (IngestItem::Rejected(message), IngestResult::DeadLettered { id }) => {
+            warn!(
+                dead_letter.id = id,
+                event.id = message.rejection.event_id.map(|id| id.to_string()),
+                routing_key = %message.routing_key,
+                reason = %message.rejection.reason,
+                detail = %message.rejection.detail,
+                size_bytes = message.size_bytes,
+                outcome = "dead_lettered",
+                trace_id = trace_id(),
+                "message dead-lettered"
+            );
+        }
+        _ => {}
     }
 }

@@ -16,6 +16,10 @@
 //! - [`dispatch`] claims due commands, calls the platform through [`platform`], and
 //!   records each outcome in a second short transaction; [`retry`] schedules retries.
 //! - [`storage`] holds all SQL, [`broker`] all of lapin, [`platform`] all of reqwest.
+//! - [`telemetry`] sets up logs, traces and metrics: one trace per delivery, from the
+//!   queue to the platform, exported over OTLP when a collector is configured.
+//!   [`health`] keeps the readiness flags and serves `/healthz`, `/readyz` and
+//!   `/metrics`.
 //! - [`simulator`] serves the Accounts API offline for development, the demo and tests.
 
 pub mod broker;

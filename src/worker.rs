@@ -1,18 +1,30 @@
-//! The daemon: ingest and dispatch side by side until shutdown.
+//! The daemon: ingest and dispatch side by side until shutdown, with the endpoints
+//! for probes and scraping and the gauges of open work beside them.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, redact_url};
 use crate::dispatch::Dispatcher;
-use crate::health::Readiness;
+use crate::health::{self, Readiness};
 use crate::ingest::run_ingest;
 use crate::platform::PlatformClient;
 use crate::retry::RetryPolicy;
 use crate::storage::Database;
+use crate::telemetry::metrics::{ObservedWorker, OpenWorkSnapshot, metrics};
+
+/// How long the health listener may take to close its connections at the end.
+const HEALTH_SHUTDOWN_LIMIT: Duration = Duration::from_secs(1);
+
+/// How many gauge intervals the counts of open work stay reported without a refresh.
+const GAUGE_INTERVALS_KEPT: u32 = 3;
 
 /// A running worker's handles, for the demo and tests that run it in-process.
 pub struct Worker {
@@ -20,25 +32,40 @@ pub struct Worker {
     pub database: Database,
     pub readiness: Arc<Readiness>,
     pub worker_id: String,
+    /// The address of `/healthz`, `/readyz` and `/metrics`, when `telemetry.listen`
+    /// is set. With port 0 it contains the port chosen.
+    pub health_address: Option<SocketAddr>,
+    health_listener: Option<TcpListener>,
 }
 
 impl Worker {
-    /// Connects to the database, checks its schema and prepares the platform client.
+    /// Connects to the database, checks its schema, and opens the health listener, so
+    /// that an address in use fails start-up instead of going unnoticed.
     pub async fn prepare(config: Config) -> anyhow::Result<Worker> {
         let database = Database::connect_checked(&config.database)
             .await?
             .with_coalesce_window(config.dispatch.coalesce_window);
+        let health_listener = match config.telemetry.listen_address() {
+            Some(address) => Some(health::bind(address).await?),
+            None => None,
+        };
+        let health_address = health_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
         Ok(Worker {
             config: Arc::new(config),
             database,
             readiness: Arc::new(Readiness::new()),
             worker_id: worker_id(),
+            health_address,
+            health_listener,
         })
     }
 
     /// Consumes and dispatches until `shutdown` is cancelled, or until one side fails
-    /// for good, which stops the other side too.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// for good, which stops the other side too. The health endpoints respond until
+    /// both sides have stopped.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config.clone();
         let client = PlatformClient::new(&config.platform).context("invalid platform settings")?;
         info!(
@@ -50,6 +77,9 @@ impl Worker {
         );
 
         let stop = shutdown.child_token();
+        let health_stop = CancellationToken::new();
+        let health = self.serve_health(&health_stop);
+        let gauges = self.start_gauges(&stop);
         let ingest = tokio::spawn({
             let stop = stop.clone();
             let config = config.clone();
@@ -76,9 +106,83 @@ impl Worker {
         stop.cancel();
 
         let ingested = ingest.await.context("the consumer task panicked")?;
+        let _ = gauges.await;
         self.database.close().await;
+        health_stop.cancel();
+        if let Some(mut health) = health
+            && tokio::time::timeout(HEALTH_SHUTDOWN_LIMIT, &mut health)
+                .await
+                .is_err()
+        {
+            health.abort();
+        }
         info!("erp-sync worker stopped");
         ingested.and(dispatched)
+    }
+
+    /// Starts serving the health and metrics endpoints, when a listener is open.
+    fn serve_health(&mut self, stop: &CancellationToken) -> Option<JoinHandle<()>> {
+        let listener = self.health_listener.take()?;
+        info!(
+            address = %self.health_address.map(|address| address.to_string()).unwrap_or_default(),
+            "serving /healthz, /readyz and /metrics"
+        );
+        let readiness = self.readiness.clone();
+        let stop = stop.clone();
+        Some(tokio::spawn(async move {
+            if let Err(error) = health::serve(listener, readiness, stop).await {
+                warn!(%error, "the health and metrics listener failed");
+            }
+        }))
+    }
+
+    /// Makes the gauges report this worker and refreshes its counts of open work
+    /// every `telemetry.gauge_interval` until `stop`.
+    fn start_gauges(&self, stop: &CancellationToken) -> JoinHandle<()> {
+        let interval = self.config.telemetry.gauge_interval;
+        let snapshot = Arc::new(OpenWorkSnapshot::new(interval * GAUGE_INTERVALS_KEPT));
+        metrics().observe_worker(ObservedWorker {
+            readiness: self.readiness.clone(),
+            database: self.database.clone(),
+            open_work: snapshot.clone(),
+        });
+        tokio::spawn(refresh_open_work(
+            self.database.clone(),
+            snapshot,
+            interval,
+            stop.clone(),
+        ))
+    }
+}
+
+/// Counts the open work every `interval` until `stop`, logging once per outage of
+/// the database.
+async fn refresh_open_work(
+    database: Database,
+    snapshot: Arc<OpenWorkSnapshot>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match database.open_work().await {
+            Ok(work) => {
+                snapshot.update(work);
+                failing = false;
+            }
+            Err(error) => {
+                if !failing {
+                    warn!(%error, "cannot count the open work for the gauges; retrying");
+                }
+                failing = true;
+            }
+        }
     }
 }
 

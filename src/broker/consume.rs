@@ -14,12 +14,16 @@ use super::{BrokerError, BrokerLink, bounded};
 /// A delivery from the work queue.
 pub struct Inbound {
     pub body: Vec<u8>,
+    /// The exchange the message was published to; empty for the default exchange.
+    pub exchange: String,
     pub routing_key: String,
     pub redelivered: bool,
     pub message_id: Option<String>,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     pub delivery_tag: u64,
+    /// When the delivery was taken from the consumer.
+    pub received_at: std::time::Instant,
     pub(crate) properties: BasicProperties,
     acker: lapin::Acker,
 }
@@ -53,9 +57,11 @@ impl Inbound {
                 .message_id()
                 .as_ref()
                 .map(|id| id.to_string()),
+            exchange: delivery.exchange.to_string(),
             routing_key: delivery.routing_key.to_string(),
             redelivered: delivery.redelivered,
             delivery_tag: delivery.delivery_tag,
+            received_at: std::time::Instant::now(),
             properties: delivery.properties,
             body: delivery.data,
             acker: delivery.acker,

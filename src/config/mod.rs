@@ -31,6 +31,7 @@ pub struct Config {
     #[serde(default)]
     pub simulator: SimulatorConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// Broker connection and topology.
@@ -142,6 +143,40 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
+    /// Identical warnings and errors within this time are written once.
+    #[serde(with = "humantime_serde")]
+    pub repeat_window: Duration,
+}
+
+/// Traces, metrics, and the listener for probes and scraping.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address of the health and metrics listener; empty when it is off.
+    pub listen: String,
+    /// Base URL of an OTLP/HTTP receiver; empty when nothing is exported.
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub metric_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub gauge_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl TelemetryConfig {
+    /// Returns the listener's address, or `None` when the listener is off. Validation
+    /// has checked that a non-empty value parses.
+    pub fn listen_address(&self) -> Option<std::net::SocketAddr> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return None;
+        }
+        listen.parse().ok()
+    }
 }
 
 /// A configuration that cannot be used, with the key, its source and the fix.
@@ -355,8 +390,60 @@ impl Config {
                 "must be between 1 and 1000".into(),
             ));
         }
+
+        self.validate_telemetry(&fail)
+    }
+
+    fn validate_telemetry(
+        &self,
+        fail: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let telemetry = &self.telemetry;
+        let listen = telemetry.listen.trim();
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(fail(
+                "telemetry.listen",
+                format!(
+                    "{listen:?} is not an address; expected an IP address and a port such as 127.0.0.1:9464, or \"\" to turn the listener off"
+                ),
+            ));
+        }
+        let endpoint = telemetry.otlp_endpoint.trim();
+        if !endpoint.is_empty() {
+            check_otlp_endpoint(endpoint)
+                .map_err(|message| fail("telemetry.otlp_endpoint", message))?;
+        }
+        if telemetry.service_name.trim().is_empty() {
+            return Err(fail("telemetry.service_name", "must not be empty".into()));
+        }
+        for (key, value) in [
+            ("telemetry.export_timeout", telemetry.export_timeout),
+            ("telemetry.metric_interval", telemetry.metric_interval),
+            ("telemetry.gauge_interval", telemetry.gauge_interval),
+        ] {
+            if value.is_zero() {
+                return Err(fail(key, "must be longer than zero".into()));
+            }
+        }
         Ok(())
     }
+}
+
+/// Checks that an OTLP/HTTP endpoint is an http or https URL with a host.
+pub fn check_otlp_endpoint(text: &str) -> Result<(), String> {
+    let url = Url::parse(text).map_err(|error| {
+        format!("{text:?} is not a URL ({error}); expected the collector's base URL such as http://127.0.0.1:4318")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "scheme {:?} is not supported; OTLP is exported over http or https",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none() {
+        return Err(format!("{text:?} has no host"));
+    }
+    Ok(())
 }
 
 /// Reduces a platform address to its origin: `https://host[:port]`, accepting and
@@ -517,6 +604,47 @@ mod tests {
                 readme.contains(&row),
                 "README.md has no configuration row for {key}"
             );
+        }
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_except_the_listener() {
+        let config = Config::defaults();
+        assert_eq!(config.telemetry.otlp_endpoint, "");
+        assert_eq!(
+            config.telemetry.listen_address(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn empty_listen_turns_the_listener_off() {
+        let config = load_with(&[("ERP_SYNC_TELEMETRY_LISTEN", "")]).unwrap();
+        assert_eq!(config.telemetry.listen_address(), None);
+    }
+
+    #[test]
+    fn invalid_telemetry_settings_name_the_key() {
+        for (variable, value, key) in [
+            ("ERP_SYNC_TELEMETRY_LISTEN", "localhost", "telemetry.listen"),
+            (
+                "ERP_SYNC_TELEMETRY_OTLP_ENDPOINT",
+                "grpc://127.0.0.1:4317",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "ERP_SYNC_TELEMETRY_OTLP_ENDPOINT",
+                "127.0.0.1:4318",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "ERP_SYNC_TELEMETRY_GAUGE_INTERVAL",
+                "0s",
+                "telemetry.gauge_interval",
+            ),
+        ] {
+            let error = load_with(&[(variable, value)]).unwrap_err().to_string();
+            assert!(error.contains(key), "{variable}={value}: {error}");
         }
     }
 

@@ -116,6 +116,8 @@ fn demo_config(mut config: Config) -> anyhow::Result<Config> {
     config.amqp.dead_letter_exchange = format!("{DEMO_PREFIX}.dead-exchange");
     config.amqp.dead_letter_queue = format!("{DEMO_PREFIX}.dead");
     config.platform.token = Secret::new(simulator::DEFAULT_TOKEN);
+    // The demo may run beside a worker, which listens on the default address.
+    config.telemetry.listen = String::new();
     Ok(config)
 }
 

@@ -2,13 +2,23 @@
 
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
 use serde_json::json;
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::ids::{BuyerId, ErpLinkId, SellerId};
 use crate::plan::{CommandSpec, LinkTarget};
 use crate::platform::{Buyer, CallContext, PlatformClient, PlatformError, Rql};
 use crate::retry::RetryPolicy;
 use crate::storage::{AttemptRecord, ClaimedCommand, Finish, FollowUp};
+use crate::telemetry::context::TraceContext;
+use crate::telemetry::metrics::metrics;
+
+/// Most links from an attempt's span to the deliveries of the other events its
+/// command serves; the SDK keeps 128 links per span by default.
+const MAX_EVENT_LINKS: usize = 128;
 
 /// Park reasons of the contract.
 pub mod park_reason {
@@ -34,26 +44,32 @@ enum Effect {
     },
 }
 
-/// Runs one attempt of `command` and decides what happens to it next.
+/// Runs one attempt of `command` and decides what happens to it next. The attempt
+/// has a span of its own, a child of the context stored with the command, so every
+/// attempt of a command, hours apart too, belongs to the trace of its delivery.
 pub async fn execute_attempt(
     client: &PlatformClient,
     policy: &RetryPolicy,
     auth_pause: Duration,
     command: ClaimedCommand,
 ) -> AttemptRecord {
+    let span = attempt_span(&command);
+    let attempt_trace = TraceContext::of_span(&span);
     let mut context = CallContext {
         idempotency_key: Some(command.idempotency_key),
-        traceparent: command.traceparent.clone(),
-        tracestate: command.tracestate.clone(),
+        trace: TraceContext::new(command.traceparent.clone(), command.tracestate.clone()),
         calls: Vec::new(),
     };
     let started = Instant::now();
-    let result = run_command(client, &command.spec, &mut context).await;
+    let result = run_command(client, &command.spec, &mut context)
+        .instrument(span.clone())
+        .await;
     let duration = started.elapsed();
 
     let mut detail = json!({ "calls": context.calls });
     let mut http_status = context.last_status();
     let mut follow_up = FollowUp::None;
+    let mut error_type = None;
     let (finish, error) = match result {
         Ok(Effect::Applied(how)) => {
             detail["effect"] = json!(how);
@@ -68,13 +84,17 @@ pub async fn execute_attempt(
             detail["effect"] = json!(format!("resolved the ERP link {}", spec.object_id()));
             (Finish::Continue { spec }, None)
         }
-        Ok(Effect::Park { reason, message }) => (Finish::Parked { reason }, Some(message)),
+        Ok(Effect::Park { reason, message }) => {
+            error_type = Some(reason.to_owned());
+            (Finish::Parked { reason }, Some(message))
+        }
         Err(failure) => {
             // The failed call decides, even when a later read succeeded.
             http_status = failure.status().or(http_status);
             if let Some(problem) = failure.problem() {
                 detail["problem"] = json!(problem);
             }
+            error_type = Some(failure.error_type());
             (
                 decide_after_failure(&failure, command.attempt, policy, auth_pause),
                 Some(failure.to_string()),
@@ -82,6 +102,9 @@ pub async fn execute_attempt(
         }
     };
 
+    finish_attempt_span(&span, &finish, http_status, error_type.as_deref());
+    metrics().attempt_finished(command.spec.kind(), finish.name(), error_type.as_deref());
+    let attempt_trace = attempt_trace.unwrap_or_default();
     AttemptRecord {
         http_status,
         command,
@@ -90,6 +113,73 @@ pub async fn execute_attempt(
         duration,
         detail,
         follow_up,
+        attempt_traceparent: attempt_trace.traceparent,
+        attempt_tracestate: attempt_trace.tracestate,
+    }
+}
+
+/// Opens the span of one attempt, whose parent is the context stored with the command.
+/// When several events joined the command, the span links to the deliveries of the
+/// others, and each link names its event.
+fn attempt_span(command: &ClaimedCommand) -> Span {
+    let parent = TraceContext::new(command.traceparent.clone(), command.tracestate.clone());
+    let events = command.event_ids.iter().zip(&command.event_traceparents);
+    // The event whose delivery is the parent; the newest when none matches.
+    let parent_event = events
+        .clone()
+        .find(|(_, traceparent)| traceparent.is_some() && **traceparent == command.traceparent)
+        .map(|(id, _)| *id)
+        .or_else(|| command.event_ids.last().copied());
+
+    let span = tracing::info_span!(
+        "attempt",
+        otel.name = %format_args!("attempt {}", command.spec.kind()),
+        otel.status_code = Empty,
+        command.id = command.id,
+        command.kind = command.spec.kind(),
+        object.id = command.spec.object_id(),
+        event.id = parent_event.map(tracing::field::display),
+        attempt = command.attempt,
+        erp_sync.attempt.result = Empty,
+        http.response.status_code = Empty,
+        error.type = Empty,
+    );
+    parent.adopt(&span);
+    for (event_id, traceparent) in events
+        .filter(|(id, _)| Some(**id) != parent_event)
+        .take(MAX_EVENT_LINKS)
+    {
+        let linked = TraceContext::new(traceparent.clone(), None);
+        if let Some(span_context) = linked.span_context() {
+            span.add_link_with_attributes(
+                span_context,
+                vec![KeyValue::new("event.id", event_id.to_string())],
+            );
+        }
+    }
+    span
+}
+
+/// Records what the attempt led to on its span; a retry, a park or a deferral marks
+/// the span as failed.
+fn finish_attempt_span(
+    span: &Span,
+    finish: &Finish,
+    http_status: Option<u16>,
+    error_type: Option<&str>,
+) {
+    span.record("erp_sync.attempt.result", finish.name());
+    if let Some(status) = http_status {
+        span.record("http.response.status_code", i64::from(status));
+    }
+    if let Some(error_type) = error_type {
+        span.record("error.type", error_type);
+    }
+    if matches!(
+        finish,
+        Finish::Retry { .. } | Finish::Parked { .. } | Finish::Deferred { .. }
+    ) {
+        span.record("otel.status_code", "ERROR");
     }
 }
 

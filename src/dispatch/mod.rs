@@ -23,7 +23,8 @@ use crate::config::DispatchConfig;
 use crate::health::Readiness;
 use crate::platform::PlatformClient;
 use crate::retry::RetryPolicy;
-use crate::storage::{AttemptRecord, Database, Finish};
+use crate::storage::{AttemptRecord, Database, Finish, trace_id_of};
+use crate::telemetry::report_settled;
 
 /// Most commands claimed by one statement.
 const MAX_CLAIM: usize = 256;
@@ -185,9 +186,11 @@ impl Dispatcher {
             {
                 Ok(claimed) => {
                     claim_error_logged = false;
+                    self.readiness.set_database_reachable(true);
                     claimed
                 }
                 Err(error) => {
+                    self.readiness.set_database_reachable(false);
                     self.database.discard_connections_after(&error);
                     if !claim_error_logged {
                         error!(%error, "cannot claim commands; retrying");
@@ -341,9 +344,7 @@ async fn record_outcomes(
         for record in &batch {
             log_attempt(record);
         }
-        for event in settled {
-            info!(event.id = %event.id, object.id = event.object_id.as_deref().unwrap_or(""), outcome = %event.outcome, "event settled");
-        }
+        report_settled(&settled);
         batch.clear();
         shared.wake.notify_one();
     }
@@ -352,6 +353,7 @@ async fn record_outcomes(
 fn log_attempt(record: &AttemptRecord) {
     let command = &record.command;
     let error = record.error.as_deref().unwrap_or("");
+    let trace_id = record.traceparent().and_then(trace_id_of);
     match &record.finish {
         Finish::Applied => {
             debug!(
@@ -369,6 +371,7 @@ fn log_attempt(record: &AttemptRecord) {
                 status = record.http_status,
                 retry_in_ms = delay.as_millis() as u64,
                 error,
+                trace_id,
                 "platform call failed; retrying"
             );
         }
@@ -380,6 +383,7 @@ fn log_attempt(record: &AttemptRecord) {
                 status = record.http_status,
                 reason,
                 error,
+                trace_id,
                 "command parked; it waits for an operator"
             );
         }

@@ -182,6 +182,15 @@ impl PlatformError {
         }
     }
 
+    /// Returns the failure as the semantic conventions' `error.type`: the status code
+    /// of an error response, otherwise the short name of [`PlatformError::kind`].
+    pub fn error_type(&self) -> String {
+        match self {
+            PlatformError::Status { status, .. } => status.to_string(),
+            other => other.kind(),
+        }
+    }
+
     /// A short name of the failure for metrics and audit rows.
     pub fn kind(&self) -> String {
         match self {

@@ -1,8 +1,9 @@
 //! The Marketplace Platform's Accounts API client: the only module that uses reqwest.
 //!
 //! Every request carries `Authorization: Bearer`, `Accept: application/json` and a
-//! `User-Agent` naming erp-sync; writes carry the command's `Idempotency-Key`; and a
-//! W3C `traceparent` is passed on when the caller has one. Requests are bounded by a
+//! `User-Agent` naming erp-sync; writes carry the command's `Idempotency-Key`. Each
+//! request has an HTTP client span of its own, and its W3C `traceparent` names that
+//! span, so the platform's side of the call joins the trace. Requests are bounded by a
 //! connect timeout and a total timeout, so a platform that never answers, or stalls in
 //! the middle of a body, cannot hold a worker.
 
@@ -20,6 +21,8 @@ use reqwest::header::{
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 use uuid::Uuid;
 
 pub use error::{PlatformError, ProblemDetails};
@@ -30,6 +33,11 @@ pub use throttle::Throttle;
 
 use crate::config::PlatformConfig;
 use crate::ids::{BuyerId, ErpLinkId, SellerId};
+use crate::telemetry::context::{TRACEPARENT, TRACESTATE, TraceContext};
+use crate::telemetry::metrics::{PlatformCall, metrics};
+
+/// Path of the Accounts API below the platform's origin.
+const ACCOUNTS_PATH: &str = "/public/v1/accounts";
 
 /// `User-Agent` of every request.
 pub const USER_AGENT_VALUE: &str = concat!("erp-sync/", env!("CARGO_PKG_VERSION"));
@@ -60,8 +68,9 @@ pub struct CallRecord {
 #[derive(Debug, Clone, Default)]
 pub struct CallContext {
     pub idempotency_key: Option<Uuid>,
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
+    /// The trace context sent when the call's span has none, because no telemetry
+    /// is installed.
+    pub trace: TraceContext,
     pub calls: Vec<CallRecord>,
 }
 
@@ -78,6 +87,9 @@ pub struct PlatformClient {
     http: reqwest::Client,
     /// `<origin>/public/v1/accounts`.
     accounts_root: String,
+    /// Host and port of the origin, for the `server.*` attributes.
+    server_address: String,
+    server_port: u16,
     timeout: Duration,
     page_limit: u32,
     throttle: std::sync::Arc<Throttle>,
@@ -106,9 +118,12 @@ impl PlatformClient {
             .timeout(config.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
+        let origin = url::Url::parse(&config.url)?;
         Ok(PlatformClient {
             http,
-            accounts_root: format!("{}/public/v1/accounts", config.url),
+            accounts_root: format!("{}{ACCOUNTS_PATH}", config.url),
+            server_address: origin.host_str().unwrap_or_default().to_owned(),
+            server_port: origin.port_or_known_default().unwrap_or(443),
             timeout: config.timeout,
             page_limit: config.page_limit,
             throttle: std::sync::Arc::new(Throttle::new(
@@ -125,9 +140,16 @@ impl PlatformClient {
         context: &mut CallContext,
     ) -> Result<(), PlatformError> {
         let path = format!("/buyers/{buyer}/synchronize");
-        self.send(Method::POST, &path, None, None, context)
-            .await
-            .map(drop)
+        self.send(
+            Method::POST,
+            &path,
+            "/buyers/{id}/synchronize",
+            None,
+            None,
+            context,
+        )
+        .await
+        .map(drop)
     }
 
     /// `GET /buyers/{id}`.
@@ -137,7 +159,10 @@ impl PlatformClient {
         context: &mut CallContext,
     ) -> Result<Buyer, PlatformError> {
         let path = format!("/buyers/{buyer}");
-        decode(self.send(Method::GET, &path, None, None, context).await?)
+        decode(
+            self.send(Method::GET, &path, "/buyers/{id}", None, None, context)
+                .await?,
+        )
     }
 
     /// `GET /erp-links/{id}`.
@@ -147,7 +172,10 @@ impl PlatformClient {
         context: &mut CallContext,
     ) -> Result<ErpLink, PlatformError> {
         let path = format!("/erp-links/{link}");
-        decode(self.send(Method::GET, &path, None, None, context).await?)
+        decode(
+            self.send(Method::GET, &path, "/erp-links/{id}", None, None, context)
+                .await?,
+        )
     }
 
     /// `POST /erp-links/{id}/block`, writing `note` on the link when given.
@@ -160,8 +188,15 @@ impl PlatformClient {
         let path = format!("/erp-links/{link}/block");
         let body = note.map(|note| serde_json::json!({ "note": note }));
         decode(
-            self.send(Method::POST, &path, None, body.as_ref(), context)
-                .await?,
+            self.send(
+                Method::POST,
+                &path,
+                "/erp-links/{id}/block",
+                None,
+                body.as_ref(),
+                context,
+            )
+            .await?,
         )
     }
 
@@ -172,7 +207,17 @@ impl PlatformClient {
         context: &mut CallContext,
     ) -> Result<ErpLink, PlatformError> {
         let path = format!("/erp-links/{link}/unblock");
-        decode(self.send(Method::POST, &path, None, None, context).await?)
+        decode(
+            self.send(
+                Method::POST,
+                &path,
+                "/erp-links/{id}/unblock",
+                None,
+                None,
+                context,
+            )
+            .await?,
+        )
     }
 
     /// Finds the link of a buyer and a seller; the pair is unique on the platform.
@@ -210,9 +255,17 @@ impl PlatformClient {
         context: &mut CallContext,
     ) -> Result<Page<T>, PlatformError> {
         let query = format!("{}&limit={limit}&offset={offset}", filter.encoded());
+        // A collection path has no ids, so it is its own template.
         decode(
-            self.send(Method::GET, collection, Some(&query), None, context)
-                .await?,
+            self.send(
+                Method::GET,
+                collection,
+                collection,
+                Some(&query),
+                None,
+                context,
+            )
+            .await?,
         )
     }
 
@@ -252,11 +305,13 @@ impl PlatformClient {
         }
     }
 
-    /// Sends one request and returns the body of a success response.
+    /// Sends one request and returns the body of a success response. `template` is
+    /// `path` with its ids replaced by `{id}`, for spans and metrics.
     async fn send(
         &self,
         method: Method,
         path: &str,
+        template: &str,
         query: Option<&str>,
         body: Option<&serde_json::Value>,
         context: &mut CallContext,
@@ -273,12 +328,6 @@ impl PlatformClient {
         {
             request = request.header("Idempotency-Key", key.to_string());
         }
-        if let Some(traceparent) = &context.traceparent {
-            request = request.header("traceparent", traceparent);
-            if let Some(tracestate) = &context.tracestate {
-                request = request.header("tracestate", tracestate);
-            }
-        }
         if let Some(body) = body {
             request = request
                 .header(CONTENT_TYPE, "application/json")
@@ -286,8 +335,20 @@ impl PlatformClient {
         }
 
         self.throttle.acquire().await;
+        let template = format!("{ACCOUNTS_PATH}{template}");
+        let span = self.request_span(&method, &url, &template);
+        let trace = TraceContext::of_span(&span).unwrap_or_else(|| context.trace.clone());
+        if let Some(traceparent) = trace.traceparent {
+            request = request.header(TRACEPARENT, traceparent);
+            if let Some(tracestate) = trace.tracestate {
+                request = request.header(TRACESTATE, tracestate);
+            }
+        }
+
         let started = Instant::now();
-        let result = self.exchange(request).await;
+        let result = self.exchange(request).instrument(span.clone()).await;
+        let duration = started.elapsed();
+        self.record_request(&span, &method, &template, &result, duration);
         let record_path = match query {
             Some(query) => format!("{path}?{query}"),
             None => path.to_owned(),
@@ -300,10 +361,60 @@ impl PlatformClient {
                 Ok((status, _)) => Some(status.as_u16()),
                 Err(error) => error.status(),
             },
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: duration.as_secs_f64() * 1000.0,
             error: result.as_ref().err().map(PlatformError::kind),
         });
         result.map(|(_, body)| body)
+    }
+
+    /// Opens the HTTP client span of one request, as the semantic conventions
+    /// describe it, as a child of the current span (the command's attempt).
+    fn request_span(&self, method: &Method, url: &str, template: &str) -> tracing::Span {
+        tracing::info_span!(
+            "platform request",
+            otel.name = %format_args!("{method} {template}"),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = %method,
+            url.full = %url,
+            url.template = %template,
+            server.address = %self.server_address,
+            server.port = self.server_port,
+            http.response.status_code = Empty,
+            error.type = Empty,
+        )
+    }
+
+    /// Records the outcome of a request on its span and in the request duration
+    /// metric. Any 4xx or 5xx response, and a request without a response, is an error.
+    fn record_request(
+        &self,
+        span: &tracing::Span,
+        method: &Method,
+        template: &str,
+        result: &Result<(StatusCode, bytes::Bytes), PlatformError>,
+        duration: Duration,
+    ) {
+        let (status, error_type) = match result {
+            Ok((status, _)) => (Some(status.as_u16()), None),
+            Err(error) => (error.status(), Some(error.error_type())),
+        };
+        if let Some(status) = status {
+            span.record("http.response.status_code", i64::from(status));
+        }
+        if let Some(error_type) = &error_type {
+            span.record("error.type", error_type.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        metrics().platform_call(PlatformCall {
+            method: method.as_str(),
+            url_template: template,
+            server_address: &self.server_address,
+            server_port: self.server_port,
+            status,
+            error_type: error_type.as_deref(),
+            duration,
+        });
     }
 
     async fn exchange(

@@ -26,10 +26,15 @@ pub struct ClaimedCommand {
     /// The number of this attempt, starting at 1.
     pub attempt: u32,
     pub idempotency_key: Uuid,
+    /// The trace context that every attempt's span is a child of: the span of the
+    /// delivery of the newest event the command serves.
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
-    /// The events the command serves.
+    /// The events the command serves, oldest first.
     pub event_ids: Vec<Uuid>,
+    /// The stored trace context of each event in `event_ids`, so that an attempt can
+    /// link to the deliveries of the events it does not descend from.
+    pub event_traceparents: Vec<Option<String>>,
 }
 
 /// Outcome of an attempt for the command's state.
@@ -59,6 +64,17 @@ pub enum FollowUp {
 }
 
 impl Finish {
+    /// Returns the name of the decision, as audit rows and metrics give it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Finish::Applied => "applied",
+            Finish::Retry { .. } => "retry",
+            Finish::Parked { .. } => "parked",
+            Finish::Deferred { .. } => "deferred",
+            Finish::Continue { .. } => "continue",
+        }
+    }
+
     fn state(&self) -> &'static str {
         match self {
             Finish::Applied => "applied",
@@ -90,6 +106,21 @@ pub struct AttemptRecord {
     pub detail: Value,
     /// Commands to plan once the outcome is recorded.
     pub follow_up: FollowUp,
+    /// The trace context of the attempt's span, when telemetry gave it one. It is the
+    /// parent of the commands the attempt plans, and of later attempts of a command
+    /// that had no trace context before.
+    pub attempt_traceparent: Option<String>,
+    pub attempt_tracestate: Option<String>,
+}
+
+impl AttemptRecord {
+    /// Returns the trace context that the attempt's audit rows name: the attempt's
+    /// own, else the command's.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.attempt_traceparent
+            .as_deref()
+            .or(self.command.traceparent.as_deref())
+    }
 }
 
 /// An event that reached its outcome.
@@ -98,6 +129,10 @@ pub struct SettledEvent {
     pub id: Uuid,
     pub outcome: String,
     pub object_id: Option<String>,
+    /// The trace context stored with the event.
+    pub traceparent: Option<String>,
+    /// Time from the event's receipt to its outcome, by the database's clock.
+    pub since_receipt: Option<Duration>,
 }
 
 impl Database {
@@ -144,7 +179,10 @@ impl Database {
                  FROM claimed \
              ) \
              SELECT claimed.*, \
-                    ARRAY(SELECT event_id FROM command_events WHERE command_id = claimed.id) AS event_ids \
+                    ARRAY(SELECT ce.event_id FROM command_events ce JOIN events e ON e.id = ce.event_id \
+                          WHERE ce.command_id = claimed.id ORDER BY e.enqueue_time, e.id) AS event_ids, \
+                    ARRAY(SELECT e.traceparent FROM command_events ce JOIN events e ON e.id = ce.event_id \
+                          WHERE ce.command_id = claimed.id ORDER BY e.enqueue_time, e.id) AS event_traceparents \
              FROM claimed ORDER BY id",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -167,6 +205,7 @@ impl Database {
                 traceparent: row.try_get("traceparent")?,
                 tracestate: row.try_get("tracestate")?,
                 event_ids: row.try_get("event_ids")?,
+                event_traceparents: row.try_get("event_traceparents")?,
             });
         }
         Ok(claimed)
@@ -209,6 +248,14 @@ impl Database {
             .iter()
             .map(|record| i32::from(matches!(record.finish, Finish::Deferred { .. })))
             .collect();
+        let traceparents: Vec<Option<&str>> = records
+            .iter()
+            .map(|record| record.attempt_traceparent.as_deref())
+            .collect();
+        let tracestates: Vec<Option<&str>> = records
+            .iter()
+            .map(|record| record.attempt_tracestate.as_deref())
+            .collect();
 
         let updated: Vec<i64> = sqlx::query_scalar(
             "UPDATE commands c \
@@ -219,9 +266,12 @@ impl Database {
                  park_reason = u.park_reason, last_status = u.status, last_error = u.error, \
                  attempts = c.attempts - u.uncounted, \
                  lease_until = NULL, leased_by = NULL, updated_at = now(), \
-                 finished_at = CASE WHEN u.state IN ('applied', 'parked') THEN now() END \
-             FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::text[], $7::int4[]) \
-                  AS u(id, state, delay, park_reason, status, error, uncounted) \
+                 finished_at = CASE WHEN u.state IN ('applied', 'parked') THEN now() END, \
+                 traceparent = coalesce(c.traceparent, u.traceparent), \
+                 tracestate = CASE WHEN c.traceparent IS NULL THEN u.tracestate ELSE c.tracestate END \
+             FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::text[], $7::int4[], \
+                         $9::text[], $10::text[]) \
+                  AS u(id, state, delay, park_reason, status, error, uncounted, traceparent, tracestate) \
              WHERE c.id = u.id AND c.state = 'running' AND c.leased_by = $8 \
              RETURNING c.id",
         )
@@ -233,6 +283,8 @@ impl Database {
         .bind(errors)
         .bind(uncounted)
         .bind(worker)
+        .bind(traceparents)
+        .bind(tracestates)
         .fetch_all(&mut *transaction)
         .await?;
 
@@ -432,7 +484,7 @@ async fn continue_resolved(
             AuditRow::new(Step::LinkResolved)
                 .command(record.command.id)
                 .object(Some(spec.object_id()))
-                .trace(record.command.traceparent.as_deref())
+                .trace(record.traceparent())
                 .detail(serde_json::json!({ "spec": spec })),
         );
     }
@@ -477,8 +529,12 @@ async fn plan_follow_ups(
                 spec,
                 event_ids: command.event_ids.clone(),
                 enqueue_time,
-                traceparent: command.traceparent.clone(),
-                tracestate: command.tracestate.clone(),
+                traceparent: record.traceparent().map(str::to_owned),
+                tracestate: if record.attempt_traceparent.is_some() {
+                    record.attempt_tracestate.clone()
+                } else {
+                    command.tracestate.clone()
+                },
                 parent_id: Some(command.id),
             });
         }
@@ -499,7 +555,7 @@ fn attempt_audit_rows(records: &[AttemptRecord], updated: &[i64], worker: &str) 
 
         let mut detail = record.detail.clone();
         if let Value::Object(map) = &mut detail {
-            map.insert("result".into(), json!(finish_name(&record.finish)));
+            map.insert("result".into(), json!(record.finish.name()));
             if let Finish::Retry { delay } | Finish::Deferred { delay } = record.finish {
                 map.insert("nextAttemptInMs".into(), json!(delay.as_millis() as u64));
             }
@@ -514,7 +570,7 @@ fn attempt_audit_rows(records: &[AttemptRecord], updated: &[i64], worker: &str) 
         let mut finished = AuditRow::new(Step::AttemptFinished)
             .command(command.id)
             .object(Some(command.spec.object_id()))
-            .trace(command.traceparent.as_deref())
+            .trace(record.traceparent())
             .detail(detail);
         finished.attempt = i32::try_from(command.attempt).ok();
         finished.http_status = record.http_status.map(i32::from);
@@ -538,22 +594,12 @@ fn attempt_audit_rows(records: &[AttemptRecord], updated: &[i64], worker: &str) 
                 AuditRow::new(step)
                     .command(command.id)
                     .object(Some(command.spec.object_id()))
-                    .trace(command.traceparent.as_deref())
+                    .trace(record.traceparent())
                     .detail(detail),
             );
         }
     }
     rows
-}
-
-fn finish_name(finish: &Finish) -> &'static str {
-    match finish {
-        Finish::Applied => "applied",
-        Finish::Retry { .. } => "retry",
-        Finish::Parked { .. } => "parked",
-        Finish::Deferred { .. } => "deferred",
-        Finish::Continue { .. } => "continue",
-    }
 }
 
 /// Gives an outcome to every event served by `finished` commands whose commands are
@@ -600,12 +646,13 @@ pub(super) async fn settle_events(
                  settled_at = now() \
              FROM summary s \
              WHERE e.id = s.event_id AND s.all_done AND e.outcome IS NULL \
-             RETURNING e.id, e.outcome, e.object_id, e.traceparent \
+             RETURNING e.id, e.outcome, e.object_id, e.traceparent, \
+                       EXTRACT(EPOCH FROM (now() - e.received_at))::float8 AS since_receipt \
          ), audited AS ( \
              INSERT INTO audit (step, event_id, object_id, trace_id) \
              SELECT outcome, id, object_id, NULLIF(split_part(traceparent, '-', 2), '') FROM settled \
          ) \
-         SELECT id, outcome, object_id FROM settled",
+         SELECT id, outcome, object_id, traceparent, since_receipt FROM settled",
     )
     .bind(&locked)
     .fetch_all(&mut *transaction)
@@ -613,10 +660,14 @@ pub(super) async fn settle_events(
 
     rows.into_iter()
         .map(|row| {
+            let since_receipt: Option<f64> = row.try_get("since_receipt")?;
             Ok(SettledEvent {
                 id: row.try_get("id")?,
                 outcome: row.try_get("outcome")?,
                 object_id: row.try_get("object_id")?,
+                traceparent: row.try_get("traceparent")?,
+                since_receipt: since_receipt
+                    .map(|seconds| Duration::from_secs_f64(seconds.max(0.0))),
             })
         })
         .collect()

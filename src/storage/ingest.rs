@@ -19,6 +19,8 @@ pub struct StoredEvent {
     pub event: Event,
     pub plan: Plan,
     pub routing_key: String,
+    /// The trace context of the delivery's span, stored with the event and its
+    /// commands so that every later span about them is its child, hours later too.
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     pub size_bytes: usize,

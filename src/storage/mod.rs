@@ -20,7 +20,7 @@ use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-pub use audit::{AuditRow, Step};
+pub use audit::{AuditRow, Step, trace_id_of};
 pub use commands::{AttemptRecord, ClaimedCommand, Finish, FollowUp, SettledEvent};
 pub use ingest::{IngestItem, IngestResult, RejectedMessage, StoredBatch, StoredEvent};
 pub use operator::{
@@ -28,7 +28,7 @@ pub use operator::{
     StatusReport, TimelineRow,
 };
 pub use planning::{NewCommand, PlannedCommand};
-pub use report::{OutcomeCounts, SettlementProgress};
+pub use report::{OpenWork, OutcomeCounts, SettlementProgress};
 
 use crate::config::DatabaseConfig;
 
@@ -37,6 +37,15 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Channel notified when new commands become due, so idle dispatchers wake at once.
 pub const COMMANDS_CHANNEL: &str = "erp_sync_commands";
+
+/// Connections of the pool, for the `db.client.connection.*` metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub idle: u32,
+    pub used: u32,
+    /// The maximum number of connections of the pool.
+    pub max: u32,
+}
 
 /// A database whose schema is not what this binary needs.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +250,20 @@ impl Database {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Counts the pool's connections by whether they are in use; reads only the
+    /// pool's own counters.
+    pub fn pool_usage(&self) -> PoolUsage {
+        let open = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle())
+            .unwrap_or(u32::MAX)
+            .min(open);
+        PoolUsage {
+            idle,
+            used: open - idle,
+            max: self.pool.options().get_max_connections(),
+        }
     }
 
     pub async fn close(&self) {

@@ -306,30 +306,32 @@ impl Database {
             .collect();
         lock_object_keys(&mut transaction, &link_keys).await?;
 
-        let replayed: Vec<i64> = sqlx::query_scalar(
+        let replayed_rows: Vec<(i64, Option<String>)> = sqlx::query_as(
             "WITH replayed AS ( \
                  UPDATE commands SET state = 'pending', attempts = 0, next_attempt_at = now(), park_reason = NULL, \
                         finished_at = NULL, updated_at = now() \
                  WHERE id = ANY($1) AND state = 'parked' \
-                 RETURNING id) \
+                 RETURNING id, traceparent) \
              , reopened AS ( \
                  UPDATE events SET outcome = NULL, settled_at = NULL \
                  WHERE id IN (SELECT event_id FROM command_events WHERE command_id IN (SELECT id FROM replayed)) \
              ) \
-             SELECT id FROM replayed ORDER BY id",
+             SELECT id, traceparent FROM replayed ORDER BY id",
         )
         .bind(ids)
         .fetch_all(&mut *transaction)
         .await?;
 
         let mut audit = Vec::new();
-        for id in &replayed {
+        for (id, traceparent) in &replayed_rows {
             let mut row = AuditRow::new(Step::Replayed)
                 .command(*id)
+                .trace(traceparent.as_deref())
                 .detail(json!({ "reason": reason }));
             row.actor = Some(actor.to_owned());
             audit.push(row);
         }
+        let replayed: Vec<i64> = replayed_rows.iter().map(|(id, _)| *id).collect();
         let keys: Vec<String> = link_keys.into_iter().collect();
         let superseded = supersede_stale_link_commands(&mut transaction, &keys, &mut audit).await?;
         insert_audit_rows(&mut *transaction, &audit).await?;

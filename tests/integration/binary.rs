@@ -36,6 +36,7 @@ pub fn pipeline_env(env: &TestEnv, token: &str) -> Vec<(String, String)> {
             format!("{}/public/v1", env.simulator.base_url()),
         ),
         ("ERP_SYNC_PLATFORM_TOKEN".into(), token.into()),
+        ("ERP_SYNC_TELEMETRY_LISTEN".into(), "127.0.0.1:0".into()),
         ("RUST_LOG".into(), "debug".into()),
     ]
 }
@@ -193,5 +194,53 @@ async fn topology_conflict_exits_with_topology_code() {
         .queue_delete(conflicting.as_str().into(), Default::default())
         .await;
     let _ = connection.close(200, "done".into()).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn unsupported_otlp_protocol_exits_with_config_code() {
+    let vars = vec![
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(), "grpc".to_owned()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            "http://127.0.0.1:4317".to_owned(),
+        ),
+    ];
+    let child = command(&vars, &["run"]).spawn().unwrap();
+    let (code, output) = output_of(child).await;
+    assert_eq!(code, Some(3), "{output}");
+    assert!(
+        output.contains("OTEL_EXPORTER_OTLP_PROTOCOL"),
+        "the message names the variable: {output}"
+    );
+    assert!(
+        output.contains("http/protobuf"),
+        "the message names the supported protocol: {output}"
+    );
+}
+
+#[tokio::test]
+async fn health_address_in_use_fails_start_up() {
+    let env = TestEnv::start_with(|setup| setup.start_worker = false).await;
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = occupied.local_addr().unwrap().to_string();
+
+    let mut vars = pipeline_env(&env, erp_sync::simulator::DEFAULT_TOKEN);
+    vars.retain(|(name, _)| name != "ERP_SYNC_TELEMETRY_LISTEN");
+    vars.push(("ERP_SYNC_TELEMETRY_LISTEN".into(), address.clone()));
+    let child = command(&vars, &["run"]).spawn().unwrap();
+    let (code, output) = tokio::time::timeout(Duration::from_secs(30), output_of(child))
+        .await
+        .expect("erp-sync exits");
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains(&address),
+        "the message names the address: {output}"
+    );
+    assert!(
+        output.contains("ERP_SYNC_TELEMETRY_LISTEN"),
+        "the message says how to change it: {output}"
+    );
+    drop(occupied);
     env.cleanup().await;
 }

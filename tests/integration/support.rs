@@ -2,6 +2,7 @@
 //! simulator on a free port, and the worker running in-process.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub struct TestEnv {
     publisher: Publisher,
     inspector: lapin::Connection,
     readiness: Arc<Readiness>,
+    /// Where the last started worker serves `/healthz`, `/readyz` and `/metrics`.
+    health_address: Option<SocketAddr>,
     /// Workers started by the test, each with its own consumer and dispatcher.
     workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -97,6 +100,7 @@ impl TestEnv {
             publisher,
             inspector,
             readiness: Arc::new(Readiness::new()),
+            health_address: None,
             workers: Vec::new(),
         };
         if setup.start_worker {
@@ -113,6 +117,7 @@ impl TestEnv {
             .expect("worker prepares");
         let readiness = worker.readiness.clone();
         self.readiness = readiness.clone();
+        self.health_address = worker.health_address;
         let token = CancellationToken::new();
         let handle = tokio::spawn(worker.run(token.clone()));
         wait_until("the worker consumes", || {
@@ -138,6 +143,15 @@ impl TestEnv {
     /// The readiness of the running worker.
     pub fn readiness(&self) -> Arc<Readiness> {
         self.readiness.clone()
+    }
+
+    /// Returns the URL of a path on the last started worker's health and metrics
+    /// listener.
+    pub fn health_url(&self, path: &str) -> String {
+        let address = self
+            .health_address
+            .expect("the worker serves the health endpoints");
+        format!("http://{address}{path}")
     }
 
     /// Whether the last started worker has a consumer on the work queue.
@@ -379,6 +393,8 @@ pub fn test_config(name: &str) -> Config {
     config.retry.initial_delay = Duration::from_millis(200);
     config.dispatch.poll_interval = Duration::from_millis(200);
     config.dispatch.shutdown_grace = Duration::from_secs(5);
+    // Tests run side by side, so each listener takes a free port.
+    config.telemetry.listen = "127.0.0.1:0".to_owned();
     config
 }
 
@@ -392,6 +408,19 @@ async fn drop_database(name: &str) {
     .execute(&pool)
     .await;
     pool.close().await;
+}
+
+/// Sends a GET request and returns the status code and the body, failing the test
+/// when no response comes within a few seconds.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url} failed: {error}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
 }
 
 /// Polls `condition` every 50 ms until it holds, failing the test after [`WAIT_LIMIT`].

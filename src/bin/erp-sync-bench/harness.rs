@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use erp_sync::broker::{BrokerLink, OutboundMessage, PublishOutcome, Publisher};
 use erp_sync::config::{Config, Secret};
 use erp_sync::simulator::{BuyerCase, DEFAULT_SEED, generator};
@@ -37,25 +36,9 @@ const PRELOAD_WINDOW: usize = 2_000;
 
 /// Runs the harness's own binary as `erp-sync`, for the worker and simulator processes.
 pub fn run_as_erp_sync(arguments: &[String]) -> ExitCode {
-    let cli = erp_sync::cli::Cli::parse_from(
+    erp_sync::cli::main_with_args(
         std::iter::once("erp-sync".to_owned()).chain(arguments.iter().cloned()),
-    );
-    let config = match cli.load_config() {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("erp-sync: {error:#}");
-            return erp_sync::exit::Exit::for_error(&error).into();
-        }
-    };
-    erp_sync::telemetry::init_logging(config.log.format, erp_sync::telemetry::QUIET_FILTER);
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
-    match runtime.block_on(erp_sync::cli::run_command(cli, config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("erp-sync: {error:#}");
-            erp_sync::exit::Exit::for_error(&error).into()
-        }
-    }
+    )
 }
 
 /// What the benchmark shares between scenarios.
@@ -124,6 +107,8 @@ impl Bench {
                 config.platform.url.clone(),
             ),
             ("RUST_LOG".to_owned(), "warn".to_owned()),
+            // No health listener: the benchmark needs no probe, and the port may be taken.
+            ("ERP_SYNC_TELEMETRY_LISTEN".to_owned(), String::new()),
         ];
         vars.extend(
             extra
