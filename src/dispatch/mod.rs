@@ -231,8 +231,11 @@ impl Dispatcher {
                     if let Finish::Deferred { delay } = record.finish {
                         shared.pause_until(Instant::now() + delay);
                     }
-                    drop(permit);
+                    // The permit is released only once the recorder has the outcome,
+                    // so claims never run ahead of recording: at most `concurrency`
+                    // attempts plus the recorder's queue are outstanding at any time.
                     let _ = records.send(record).await;
+                    drop(permit);
                 });
             }
             if filled {

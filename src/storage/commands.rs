@@ -257,6 +257,7 @@ impl Database {
             .map(|record| record.attempt_tracestate.as_deref())
             .collect();
 
+        lock_commands_in_order(&mut transaction, &ids).await?;
         let updated: Vec<i64> = sqlx::query_scalar(
             "UPDATE commands c \
              SET state = u.state, \
@@ -338,10 +339,13 @@ impl Database {
             return Ok(());
         }
         sqlx::query(
-            "WITH renewed AS ( \
-                 UPDATE commands SET lease_until = now() + $2 * interval '1 microsecond' \
-                 WHERE id = ANY($1) AND state = 'running' AND leased_by = $3 \
-                 RETURNING id, object_key) \
+            "WITH locked AS ( \
+                 SELECT id FROM commands WHERE id = ANY($1) AND state = 'running' AND leased_by = $3 \
+                 ORDER BY id FOR UPDATE \
+             ), renewed AS ( \
+                 UPDATE commands c SET lease_until = now() + $2 * interval '1 microsecond' \
+                 FROM locked WHERE c.id = locked.id \
+                 RETURNING c.id, c.object_key) \
              UPDATE object_leases l SET lease_until = now() + $2 * interval '1 microsecond' \
              FROM renewed WHERE l.object_key = renewed.object_key AND l.command_id = renewed.id",
         )
@@ -387,11 +391,13 @@ impl Database {
             return Ok(());
         }
         sqlx::query(
-            "WITH abandoned AS ( \
+            "WITH locked AS ( \
+                 SELECT id FROM commands WHERE id = ANY($1) ORDER BY id FOR UPDATE \
+             ), abandoned AS ( \
                  UPDATE commands c \
                  SET state = 'pending', next_attempt_at = now(), lease_until = NULL, leased_by = NULL, \
                      updated_at = now() \
-                 WHERE c.id = ANY($1) AND c.state = 'running' AND c.leased_by = $2 \
+                 FROM locked WHERE c.id = locked.id AND c.state = 'running' AND c.leased_by = $2 \
                  RETURNING c.id, c.object_key, c.object_id, c.attempts, c.traceparent \
              ), unleased AS ( \
                  DELETE FROM object_leases l USING abandoned \
@@ -420,6 +426,17 @@ impl Database {
         .await?;
         Ok(seconds.map(|seconds| Duration::from_secs_f64(seconds.max(0.0))))
     }
+}
+
+/// Locks command rows in id order. Every statement that updates several commands takes
+/// its locks this way first, so two of them (recording outcomes, renewing leases) can
+/// never wait on each other in a cycle.
+async fn lock_commands_in_order(transaction: &mut sqlx::PgConnection, ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query("SELECT id FROM commands WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .execute(&mut *transaction)
+        .await?;
+    Ok(())
 }
 
 /// Files commands that continue as another spec under their new object, and retires
