@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -153,7 +153,11 @@ impl ConsumerSession {
     }
 
     /// Acknowledges every delivery of the batch with one `basic.ack` (multiple).
-    pub async fn ack(&self, batch: &[Inbound]) -> Result<(), BrokerError> {
+    ///
+    /// When the channel closed while the batch was being stored, the error carries the
+    /// broker's reason, such as a 406 for an acknowledgement that came after
+    /// `consumer_timeout`.
+    pub async fn ack(&mut self, batch: &[Inbound]) -> Result<(), BrokerError> {
         let Some(last) = batch.last() else {
             return Ok(());
         };
@@ -164,12 +168,29 @@ impl ConsumerSession {
         )
         .await?;
         if acked {
-            Ok(())
-        } else {
-            Err(BrokerError::Channel(
-                "the channel closed before the acknowledgement; the broker will deliver the batch again".to_owned(),
-            ))
+            return Ok(());
         }
+        let reason = match self.channel_error() {
+            Some(error) => format!(" ({error})"),
+            None => String::new(),
+        };
+        Err(BrokerError::Channel(format!(
+            "the channel closed before the acknowledgement{reason}; the broker will deliver the batch again"
+        )))
+    }
+
+    /// Returns the error that ended the consumer's channel, when the consumer has
+    /// received it. Deliveries still buffered before it are discarded without waiting:
+    /// their channel is gone, so the broker delivers them again.
+    fn channel_error(&mut self) -> Option<String> {
+        while let Some(next) = self.consumer.next().now_or_never() {
+            match next {
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Some(error.to_string()),
+                None => return None,
+            }
+        }
+        None
     }
 
     /// Cancels the consumer and closes its channel, so that deliveries received but
