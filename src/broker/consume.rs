@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -72,11 +72,14 @@ fn header_text(value: &AMQPValue) -> Option<String> {
     }
 }
 
-/// A consumer on the work queue, on a channel of its own.
+/// A consumer on the work queue, on a channel of its own. It ends with its
+/// connection ([`BrokerLink::close`]), which returns unacknowledged deliveries to the
+/// queue.
 pub struct ConsumerSession {
-    channel: lapin::Channel,
+    /// Held so the channel stays open: lapin closes a channel when its last handle is
+    /// dropped.
+    _channel: lapin::Channel,
     consumer: lapin::Consumer,
-    tag: String,
     timeout: Duration,
 }
 
@@ -101,9 +104,8 @@ impl BrokerLink {
             )
             .await?;
         Ok(ConsumerSession {
-            channel,
+            _channel: channel,
             consumer,
-            tag: tag.to_owned(),
             timeout: self.config().operation_timeout,
         })
     }
@@ -191,18 +193,5 @@ impl ConsumerSession {
             }
         }
         None
-    }
-
-    /// Cancels the consumer and closes its channel, so that deliveries received but
-    /// not acknowledged go back to the queue at once.
-    pub async fn stop(self) {
-        if self.channel.status().connected() {
-            let cancel = self
-                .channel
-                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default());
-            let _ = bounded(self.timeout, "basic.cancel", cancel).await;
-            let close = self.channel.close(200, "consumer stopped".into());
-            let _ = bounded(self.timeout, "channel.close", close).await;
-        }
     }
 }
