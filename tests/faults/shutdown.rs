@@ -10,7 +10,7 @@ use erp_sync::simulator::{Fault, FaultRule, RequestFilter};
 use tokio::time::Instant;
 
 use crate::support::checks::assert_settled_exactly_once;
-use crate::support::{ACCOUNTS, FaultEnv, Resends, WorkerProcess, wait_until};
+use crate::support::{ACCOUNTS, FaultEnv, Resends, TcpProxy, WorkerProcess, wait_until};
 
 /// Message logged when the first signal arrives.
 const STOPPING: &str =
@@ -259,4 +259,75 @@ async fn second_signal_exits_at_once() {
         "the interrupted attempts were released when their leases ended"
     );
     assert_settled_exactly_once(&env, &events, Resends::SameKeyOnly).await;
+}
+
+/// SIGTERM while the network to the broker is silent: the worker cannot hear back from
+/// the broker, so closing the connection waits one `amqp.operation_timeout` at most,
+/// and the process still exits 0 within its shutdown budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_broker_stall_ends_in_time() {
+    let mut env = FaultEnv::start().await;
+    let proxy = TcpProxy::start(env.broker.address()).await;
+    env.set(
+        "ERP_SYNC_AMQP_URL",
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port()),
+    );
+    // A heartbeat long enough that the stall is not detected before the signal.
+    env.set("ERP_SYNC_AMQP_HEARTBEAT", "30s");
+    env.set("ERP_SYNC_AMQP_OPERATION_TIMEOUT", "4s");
+    env.set("ERP_SYNC_DISPATCH_SHUTDOWN_GRACE", "4s");
+    let mut worker = env.start_worker().await;
+    let events = env.buyer_events(&env.active_buyers(5));
+    for event in &events {
+        env.producer.publish(event).await;
+    }
+    env.wait_until_settled(&events, Duration::from_secs(20))
+        .await;
+
+    proxy.stall();
+    let signalled_at = Instant::now();
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    let stopped_after = signalled_at.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", worker.log_tail(20));
+    assert!(
+        stopped_after < Duration::from_secs(7),
+        "the worker exited {stopped_after:?} after the signal, past one operation timeout of 4 s"
+    );
+    assert_settled_exactly_once(&env, &events, Resends::Never).await;
+}
+
+/// SIGTERM while PostgreSQL is down: ingest gives up its unstored batch, which stays
+/// with the broker, the process exits 0, and the next run stores and settles it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_database_outage_loses_nothing() {
+    let env = FaultEnv::start().await;
+    let mut worker = env.start_worker().await;
+    let events = env.buyer_events(&env.active_buyers(20));
+    let stream = env.publish_stream(events.clone(), Duration::from_millis(50));
+    env.wait_until_settled(&events[..5], Duration::from_secs(30))
+        .await;
+
+    env.cluster.crash().await;
+    worker
+        .wait_for_log("the failed store", Duration::from_secs(15), |line| {
+            line.is(
+                "ERROR",
+                "cannot store events; holding the batch unacknowledged and retrying",
+            )
+        })
+        .await;
+    stream.await.expect("every event is published");
+    let signalled_at = Instant::now();
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", worker.log_tail(20));
+    // Tasks waiting for a connection see the signal once their acquire times out (5 s).
+    assert!(signalled_at.elapsed() < Duration::from_secs(12));
+
+    env.cluster.boot().await;
+    let _next_run = env.start_worker().await;
+    env.wait_until_settled(&events, Duration::from_secs(30))
+        .await;
+    assert_settled_exactly_once(&env, &events, Resends::Never).await;
 }
