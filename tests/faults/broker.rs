@@ -22,6 +22,8 @@ const CONSUMER_LOST: &str = "RabbitMQ consumer lost; reconnecting";
 const CONSUMER_RECOVERED: &str = "RabbitMQ consumer recovered";
 /// Message of each reconnection attempt, with its delay in `delay_ms`.
 const RECONNECTING: &str = "reconnecting to RabbitMQ";
+/// `amqp.reconnect_max_delay` of the fault tests, in milliseconds.
+const MAX_RECONNECT_DELAY_MS: u64 = 2000;
 
 /// What the worker's log shows about one broker outage.
 #[derive(Debug)]
@@ -67,8 +69,8 @@ impl Outage {
         );
     }
 
-    /// Reconnection attempts follow a growing, jittered schedule: a handful per
-    /// second at most, never the same delay every time.
+    /// Reconnection attempts follow a growing, jittered schedule between the minimum
+    /// delay (200 ms) and twice the maximum (2 s), so a handful per second at most.
     fn assert_backoff(&self, outage: Duration, min_delay_ms: u64) {
         let attempts = self.reconnect_delays.len();
         assert!(attempts >= 1, "the worker tried to reconnect: {self:?}");
@@ -81,8 +83,8 @@ impl Outage {
         assert!(
             self.reconnect_delays
                 .iter()
-                .all(|delay| *delay >= min_delay_ms),
-            "no delay is shorter than the minimum: {:?}",
+                .all(|delay| *delay >= min_delay_ms && *delay <= 2 * MAX_RECONNECT_DELAY_MS),
+            "every delay lies between the minimum and twice the maximum: {:?}",
             self.reconnect_delays
         );
     }

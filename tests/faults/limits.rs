@@ -82,6 +82,7 @@ async fn oversized_message_is_dead_lettered_once() {
         .await;
 
     let peak_kib = worker.peak_rss_kib().expect("the worker runs");
+    eprintln!("peak resident memory of the worker: {} MiB", peak_kib / 1024);
     assert!(
         peak_kib < MAX_PEAK_RSS_KIB,
         "the worker's peak resident memory was {} MiB",
@@ -117,3 +118,4 @@ async fn oversized_message_is_dead_lettered_once() {
     assert_eq!(log.count("INFO", "consuming events"), 1);
     assert_settled_exactly_once(&env, &settled, Resends::Never).await;
 }
+
