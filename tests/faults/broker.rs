@@ -3,9 +3,9 @@
 //! longer than `amqp.max_unavailable`.
 //!
 //! In each, the worker must notice the fault within seconds, log its cause once at
-//! error level, report itself not consuming (not ready), reconnect on a jittered
-//! backoff instead of a tight loop, declare its topology again and resume, without
-//! ever acknowledging a delivery of a dead channel on a new one.
+//! error level and report itself not consuming (not ready). It then reconnects on a
+//! jittered backoff instead of a tight loop, declares its topology again and resumes,
+//! without ever acknowledging a delivery of a dead channel on a new one.
 
 use std::time::Duration;
 
@@ -54,8 +54,9 @@ impl Outage {
         }
     }
 
-    /// The cause is logged at error level once; the first failed reconnection may add
-    /// a second line when its error differs, and later repeats go to debug level.
+    /// Checks that the cause is logged at error level once. The first failed
+    /// reconnection may add a second line when its error differs, and later repeats go
+    /// to debug level.
     fn assert_cause_logged_once(&self, cause: &str) {
         assert!(
             !self.errors.is_empty() && self.errors[0].contains(cause),
@@ -74,9 +75,9 @@ impl Outage {
     fn assert_backoff(&self, outage: Duration, min_delay_ms: u64) {
         let attempts = self.reconnect_delays.len();
         assert!(attempts >= 1, "the worker tried to reconnect: {self:?}");
-        let most = (outage.as_millis() as u64 / min_delay_ms) as usize + 1;
+        let max_attempts = (outage.as_millis() as u64 / min_delay_ms) as usize + 1;
         assert!(
-            attempts <= most,
+            attempts <= max_attempts,
             "{attempts} reconnection attempts in {outage:?} is a tight loop: {:?}",
             self.reconnect_delays
         );
@@ -95,9 +96,9 @@ fn settings_scaled_for_outages(env: &mut FaultEnv) {
     env.set("ERP_SYNC_AMQP_OPERATION_TIMEOUT", "3s");
 }
 
-/// The broker never saw an acknowledgement of a delivery tag that its channel did not
-/// hand out, which is how an ack of a dead channel's delivery sent on a new channel
-/// would show.
+/// Checks that the broker never saw an acknowledgement of a delivery tag that its
+/// channel did not hand out, which is how an ack of a dead channel's delivery sent on
+/// a new channel would show.
 fn assert_no_foreign_acks(env: &FaultEnv, worker: &WorkerProcess) {
     let broker_log = env.broker.log();
     assert!(
@@ -246,7 +247,7 @@ async fn silent_network_stall_is_detected() {
 
 /// The broker closes the consumer's channel with 406 PRECONDITION_FAILED when a
 /// delivery stays unacknowledged past `consumer_timeout`, while the connection stays
-/// up. The worker holds its first delivery that long because its database is frozen.
+/// up. The worker keeps its first delivery that long because its database is frozen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_closed_by_broker_is_reopened() {
     let env = FaultEnv::start_with(Options {

@@ -26,7 +26,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// `dispatch.poll_interval` (250 ms), plus time to claim and call on a busy machine.
 const LATENESS: Duration = Duration::from_millis(1500);
 
-/// The multi-threaded libfaketime library of the `faketime` Debian package.
+/// Returns the path of the multi-threaded libfaketime of the `faketime` Debian package.
 fn libfaketime() -> String {
     let found = std::fs::read_dir("/usr/lib")
         .expect("/usr/lib is readable")
@@ -39,7 +39,7 @@ fn libfaketime() -> String {
         .to_string()
 }
 
-/// Seconds from `earlier` to `later` on the simulator's clock.
+/// Returns the time from `earlier` to `later` on the simulator's clock.
 fn gap(earlier: &LoggedRequest, later: &LoggedRequest) -> Duration {
     (later.at - earlier.at)
         .to_std()

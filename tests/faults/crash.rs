@@ -2,9 +2,9 @@
 //! platform applied whose result the worker never recorded.
 //!
 //! Retry state lives in PostgreSQL, not in the broker's redelivery count, so a worker
-//! killed at any moment loses nothing: unacknowledged deliveries come back, running
-//! commands become due again when their lease ends, and a command sent again carries
-//! the idempotency key it was first sent with.
+//! killed at any moment loses nothing. Unacknowledged deliveries come back and running
+//! commands become due again when their lease ends. A command sent again carries the
+//! idempotency key it was first sent with.
 
 use std::time::Duration;
 
@@ -94,8 +94,8 @@ async fn repeated_kills_lose_no_event() {
     assert_settled_exactly_once(&env, &events, Resends::SameKeyOnly).await;
 }
 
-/// The platform applies a synchronization, but its answer never arrives and the worker
-/// is killed. After the command's lease ends, the next worker sends it again with the
+/// The platform applies a synchronization, but its response never arrives and the
+/// worker is killed. After the command's lease ends, the next worker sends it again with the
 /// same idempotency key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unrecorded_call_is_sent_again_with_its_key() {

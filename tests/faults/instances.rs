@@ -18,7 +18,7 @@ use crate::support::{FaultEnv, Resends, envelope};
 /// Link events per link, alternating blocked and unblocked; the last one is newest.
 const LINK_EVENTS: usize = 5;
 
-/// An ERP-link event enqueued at `at`.
+/// Builds an ERP-link event enqueued at `at`.
 fn link_event(link: &str, blocked: bool, at: DateTime<Utc>) -> Value {
     let (event_type, data) = if blocked {
         (
@@ -34,10 +34,10 @@ fn link_event(link: &str, blocked: bool, at: DateTime<Utc>) -> Value {
 }
 
 /// Three workers share the queue and the database while events about a few buyers and
-/// ERP links arrive out of order; one worker at a time is killed and started again.
-/// Afterwards every event is settled once, attempts about one object never overlapped,
-/// link commands ran in `enqueueTime` order with the newest event deciding, and the
-/// synchronizations of one buyer were coalesced.
+/// ERP links arrive out of order, and one worker at a time is killed and started again.
+/// Afterwards every event is settled once and attempts about one object never
+/// overlapped. Link commands ran in `enqueueTime` order with the newest event deciding,
+/// and the synchronizations of one buyer were coalesced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_with_kills() {
     let mut env = FaultEnv::start().await;
@@ -72,7 +72,7 @@ async fn three_workers_with_kills() {
     for link in &links {
         for index in 0..LINK_EVENTS {
             let at = base + chrono::Duration::milliseconds(index as i64 * 100);
-            events.push(link_event(link, index % 2 == 0, at));
+            events.push(link_event(link, index.is_multiple_of(2), at));
         }
     }
     events.shuffle(&mut random);
@@ -116,7 +116,7 @@ async fn three_workers_with_kills() {
             .control()
             .object(link)
             .and_then(|object| object["status"].as_str().map(str::to_owned));
-        let newest_blocks = (LINK_EVENTS - 1) % 2 == 0;
+        let newest_blocks = (LINK_EVENTS - 1).is_multiple_of(2);
         let expected = if newest_blocks { "Blocked" } else { "Active" };
         assert_eq!(
             status.as_deref(),

@@ -18,7 +18,7 @@ const LIMIT: usize = 1024 * 1024;
 /// Most resident memory the worker may reach, in KiB (200 MiB).
 const MAX_PEAK_RSS_KIB: u64 = 200 * 1024;
 
-/// A buyer event padded with a `data.note` so its body is about `size` bytes.
+/// Builds a buyer event padded with a `data.note` so its body is about `size` bytes.
 fn padded_event(buyer: &str, size: usize) -> serde_json::Value {
     let mut event = envelope("Buyer", buyer, "updated", None);
     let overhead = event.to_string().len() + r#","data":{"note":""}"#.len();
@@ -72,7 +72,8 @@ async fn oversized_message_is_dead_lettered_once() {
     let large = padded_event(&buyers[1], 900 * 1024);
     let normal = envelope("Buyer", &buyers[2], "updated", None);
     let huge_size = huge.to_string().len();
-    assert!(huge_size > 20 * LIMIT - 100 && huge_size <= 20 * LIMIT);
+    assert!(huge_size <= 20 * LIMIT);
+    assert!(huge_size > 20 * LIMIT - 100);
 
     for event in [&huge, &large, &normal] {
         env.producer.publish(event).await;
@@ -82,7 +83,10 @@ async fn oversized_message_is_dead_lettered_once() {
         .await;
 
     let peak_kib = worker.peak_rss_kib().expect("the worker runs");
-    eprintln!("peak resident memory of the worker: {} MiB", peak_kib / 1024);
+    eprintln!(
+        "peak resident memory of the worker: {} MiB",
+        peak_kib / 1024
+    );
     assert!(
         peak_kib < MAX_PEAK_RSS_KIB,
         "the worker's peak resident memory was {} MiB",
@@ -118,4 +122,3 @@ async fn oversized_message_is_dead_lettered_once() {
     assert_eq!(log.count("INFO", "consuming events"), 1);
     assert_settled_exactly_once(&env, &settled, Resends::Never).await;
 }
-

@@ -1,7 +1,7 @@
-//! Graceful shutdown with calls in flight: SIGTERM and SIGINT stop consumption first,
+//! Graceful shutdown with calls in flight. SIGTERM and SIGINT stop consumption first,
 //! let in-flight calls finish within `dispatch.shutdown_grace`, return prefetched
-//! deliveries to the broker and exit 0; calls still running after the grace period are
-//! recorded as abandoned and retried by the next run; a second signal exits at once
+//! deliveries to the broker and exit 0. Calls still running after the grace period are
+//! recorded as abandoned and retried by the next run. A second signal exits at once
 //! with 130 and loses nothing committed.
 
 use std::time::Duration;
@@ -16,7 +16,7 @@ use crate::support::{ACCOUNTS, FaultEnv, Resends, TcpProxy, WorkerProcess, wait_
 const STOPPING: &str =
     "stopping: no new work is taken; in-flight calls may finish. Signal again to exit at once";
 
-/// Makes every synchronize call take `delay` before the simulator answers.
+/// Makes every synchronize call take `delay` before the simulator responds.
 fn delay_synchronize_calls(env: &FaultEnv, delay: Duration) {
     env.simulator
         .control()
@@ -51,7 +51,7 @@ async fn wait_for_calls_in_flight(env: &FaultEnv, count: usize) {
     .await;
 }
 
-/// The audit steps recorded so far with this name.
+/// Counts the audit rows recorded so far with this step.
 async fn audit_count(env: &FaultEnv, step: &str) -> i64 {
     let db = env.db().await;
     let count = sqlx::query_scalar("SELECT count(*) FROM audit WHERE step = $1")

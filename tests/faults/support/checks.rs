@@ -59,8 +59,8 @@ pub async fn assert_settled_exactly_once_at(
     pool.close().await;
 }
 
-/// Every event is stored, has an outcome, and has exactly one outcome row in the audit
-/// trail.
+/// Checks that every event is stored, has an outcome, and has exactly one outcome row
+/// in the audit trail.
 async fn assert_every_event_settled_once(pool: &PgPool, events: &[Value]) {
     let ids: Vec<Uuid> = events.iter().map(id_of).collect();
     let rows: Vec<(Uuid, Option<String>, i64)> = sqlx::query_as(
@@ -129,8 +129,8 @@ fn assert_no_command_open(commands: &[StoredCommand]) {
     assert!(open.is_empty(), "commands left open: {open:?}");
 }
 
-/// An applied command has one `applied` row in the audit trail; any other command has
-/// none.
+/// Checks that an applied command has one `applied` row in the audit trail and any
+/// other command has none.
 fn assert_one_success_per_command(commands: &[StoredCommand]) {
     for command in commands {
         let expected = i64::from(command.state == "applied");
@@ -142,9 +142,9 @@ fn assert_one_success_per_command(commands: &[StoredCommand]) {
     }
 }
 
-/// Every POST carries the idempotency key of a command about the object in its path;
-/// each applied synchronization was called successfully; and unless `resends` allows
-/// it, no key was called successfully twice.
+/// Checks that every POST carries the idempotency key of a command about the object in
+/// its path and that each applied synchronization was called successfully. Unless
+/// `resends` allows it, no key may have been called successfully twice.
 fn assert_posts_carry_their_command_key(
     commands: &[StoredCommand],
     posts: &[LoggedRequest],
@@ -199,7 +199,7 @@ fn assert_posts_carry_their_command_key(
     }
 }
 
-/// Attempts about one object, in the order the audit trail recorded them.
+/// Reads the attempt rows about one object, in the order the audit trail recorded them.
 pub async fn attempt_rows(pool: &PgPool, object_id: &str) -> Vec<(String, i64)> {
     sqlx::query_as(
         "SELECT step, command_id FROM audit WHERE object_id = $1 \
@@ -216,10 +216,10 @@ pub async fn attempt_rows(pool: &PgPool, object_id: &str) -> Vec<(String, i64)> 
 ///
 /// A start normally follows the finish (or the abandonment at shutdown) of the attempt
 /// before it. Another worker may also start once the object's lease has expired,
-/// because the worker holding it was killed mid-attempt; the audit trail records that
+/// because the worker holding it was killed mid-attempt. The audit trail records that
 /// expiry (`lease_expired`) only when a worker next releases expired leases, which can
-/// come after the new start. Such an interrupted attempt must never finish later: a
-/// finish would mean its worker was alive and two calls about the object overlapped.
+/// come after the new start. Such an interrupted attempt must never finish later,
+/// because a finish would mean its worker was alive and two calls overlapped.
 pub fn assert_attempts_never_overlap(object_id: &str, rows: &[(String, i64)]) {
     let mut running: Option<i64> = None;
     let mut interrupted: HashSet<i64> = HashSet::new();

@@ -26,7 +26,7 @@ pub use producer::Producer;
 pub use proxy::TcpProxy;
 pub use rabbit::{BrokerOptions, PrivateBroker};
 pub use system::InstanceDir;
-pub use worker::{LogLine, WorkerLog, WorkerProcess};
+pub use worker::{WorkerLog, WorkerProcess};
 
 /// Name of the worker's database on the private cluster.
 pub const DATABASE: &str = "erp_sync";
@@ -97,8 +97,8 @@ impl FaultEnv {
         env
     }
 
-    /// The worker settings of the fault tests: the private services, JSON logs, and
-    /// delays scaled down so a fault and its recovery take seconds, not minutes.
+    /// Returns the worker settings of the fault tests: the private services, JSON logs,
+    /// and delays scaled down so a fault and its recovery take seconds, not minutes.
     fn default_vars(&self) -> BTreeMap<String, String> {
         [
             ("ERP_SYNC_AMQP_URL", self.broker.url()),
@@ -182,7 +182,7 @@ impl FaultEnv {
         WorkerProcess::spawn(args, vars, path)
     }
 
-    /// A new connection pool to the worker's database, through `url`.
+    /// Opens a connection pool to the worker's database at `url`.
     pub async fn connect_to(url: &str) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
@@ -192,12 +192,12 @@ impl FaultEnv {
             .unwrap_or_else(|error| panic!("cannot connect to {url}: {error}"))
     }
 
-    /// A new connection pool to the worker's database on the private cluster.
+    /// Opens a connection pool to the worker's database on the private cluster.
     pub async fn db(&self) -> sqlx::PgPool {
         FaultEnv::connect_to(&self.cluster.url(DATABASE)).await
     }
 
-    /// Active buyers of the data set, the first `count` in id order.
+    /// Returns the first `count` active buyers of the data set, in id order.
     pub fn active_buyers(&self, count: usize) -> Vec<String> {
         let data = self.simulator.control().data();
         let buyers: Vec<String> = data
@@ -213,7 +213,7 @@ impl FaultEnv {
         buyers
     }
 
-    /// One `updated` event per buyer.
+    /// Builds one `updated` event per buyer.
     pub fn buyer_events(&self, buyers: &[String]) -> Vec<Value> {
         buyers
             .iter()
@@ -242,7 +242,7 @@ impl FaultEnv {
         wait_until_settled_at(&self.cluster.url(DATABASE), events, limit).await;
     }
 
-    /// The POST requests the simulator received on paths matching `glob`.
+    /// Returns the POST requests the simulator received on paths matching `glob`.
     pub fn posts(&self, glob: &str) -> Vec<erp_sync::simulator::LoggedRequest> {
         self.simulator
             .control()
@@ -350,7 +350,7 @@ where
     assert!(held, "timed out after {limit:?} waiting until {what}");
 }
 
-/// An envelope of the event contract about one object, enqueued now.
+/// Builds an envelope of the event contract about one object, enqueued now.
 pub fn envelope(
     object_type: &str,
     object_id: &str,
@@ -368,7 +368,7 @@ pub fn envelope(
     envelope
 }
 
-/// The envelope id as a UUID.
+/// Returns the envelope id as a UUID.
 pub fn id_of(envelope: &Value) -> Uuid {
     Uuid::parse_str(envelope["id"].as_str().expect("the envelope has an id"))
         .expect("the envelope id is a UUID")

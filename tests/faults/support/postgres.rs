@@ -93,12 +93,12 @@ impl PrivateCluster {
         .expect("postgresql.conf is written");
     }
 
-    /// The address of the cluster, for a proxy in front of it.
+    /// Returns the address of the cluster, for a proxy in front of it.
     pub fn address(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// A connection URL for `database` on this cluster.
+    /// Returns a connection URL for `database` on this cluster.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
@@ -132,7 +132,7 @@ impl PrivateCluster {
     }
 
     /// Freezes every server process with SIGSTOP: connections stay open and nothing
-    /// answers, as with a stalled disk or a paused virtual machine.
+    /// responds, as with a stalled disk or a paused virtual machine.
     pub fn pause(&self) {
         for pid in self.server_processes() {
             system::signal_now(pid, "STOP");

@@ -107,11 +107,4 @@ impl Producer {
         let publisher = link.publisher().await.map_err(|error| error.to_string())?;
         Ok((link, publisher))
     }
-
-    /// Closes the producer's connection, if any.
-    pub async fn close(&self) {
-        if let Some((link, _)) = self.link.lock().await.take() {
-            link.close().await;
-        }
-    }
 }

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::system::{self, InstanceDir};
 
-/// Longest wait for a node to accept AMQP connections after it was started.
+/// Maximum wait for a node to accept AMQP connections after it was started.
 const BOOT_LIMIT: Duration = Duration::from_secs(90);
 
 /// Broker settings a test may change before the node starts.
@@ -60,7 +60,8 @@ impl PrivateBroker {
         broker
     }
 
-    /// The AMQP URL of the node, with the default `guest` user (allowed on loopback).
+    /// Returns the AMQP URL of the node, with the default `guest` user (allowed on
+    /// loopback).
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
@@ -108,7 +109,7 @@ impl PrivateBroker {
         system::run("rabbitmqctl", &["-n", &self.node, "delete_queue", queue]).await;
     }
 
-    /// The number of consumers on a queue, from `rabbitmqctl list_consumers`.
+    /// Counts the consumers on a queue with `rabbitmqctl list_consumers`.
     pub async fn consumers(&self, queue: &str) -> usize {
         let listing = system::run(
             "rabbitmqctl",
@@ -129,8 +130,8 @@ impl PrivateBroker {
             .count()
     }
 
-    /// Messages of a queue that wait for a consumer and that are delivered but not
-    /// acknowledged, from `rabbitmqctl list_queues`; `None` when the queue is missing.
+    /// Returns the messages of a queue that wait for a consumer and those delivered but
+    /// not acknowledged, from `rabbitmqctl list_queues`, or `None` for a missing queue.
     pub async fn queue_depth(&self, queue: &str) -> Option<(u64, u64)> {
         let listing = system::run(
             "rabbitmqctl",
@@ -157,7 +158,7 @@ impl PrivateBroker {
         })
     }
 
-    /// The arguments a queue was declared with, as `rabbitmqctl` prints them.
+    /// Returns the arguments a queue was declared with, as `rabbitmqctl` prints them.
     pub async fn queue_arguments(&self, queue: &str) -> String {
         let listing = system::run(
             "rabbitmqctl",
@@ -179,7 +180,7 @@ impl PrivateBroker {
             .to_owned()
     }
 
-    /// The node's log file.
+    /// Reads the node's log file.
     pub fn log(&self) -> String {
         let path = self
             .dir
@@ -187,11 +188,6 @@ impl PrivateBroker {
             .join("log")
             .join(format!("{}.log", self.node));
         std::fs::read_to_string(path).unwrap_or_default()
-    }
-
-    /// The number of AMQP connections the node accepted so far, from its log.
-    pub fn accepted_connections(&self) -> usize {
-        self.log().matches("accepting AMQP connection").count()
     }
 
     fn pid_file(&self) -> std::path::PathBuf {
@@ -241,7 +237,7 @@ impl Drop for PrivateBroker {
     }
 }
 
-/// Whether an AMQP handshake with `url` succeeds within a second.
+/// Reports whether an AMQP handshake with `url` succeeds within a second.
 async fn accepts_amqp(url: &str) -> bool {
     let connecting = lapin::Connection::connect(url, lapin::ConnectionProperties::default());
     match tokio::time::timeout(Duration::from_secs(1), connecting).await {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-/// Directory under the system temporary directory that holds every private instance.
+/// Directory under the system temporary directory that contains every private instance.
 const INSTANCES_DIR: &str = "erp-sync-faults";
 
 /// A directory for one private instance or one test's files, removed on drop.
@@ -82,8 +82,8 @@ pub fn reap_orphaned_instances() {
     }
 }
 
-/// The pid files of RabbitMQ (`pid`) and PostgreSQL (`postmaster.pid`) at most two
-/// levels below `dir`.
+/// Finds the pid files of RabbitMQ (`pid`) and PostgreSQL (`postmaster.pid`) at most
+/// two levels below `dir`.
 fn pid_files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![(dir.to_path_buf(), 0)];
@@ -115,7 +115,7 @@ pub fn read_pid_file(path: &Path) -> Option<u32> {
         .ok()
 }
 
-/// Whether the process is a RabbitMQ or PostgreSQL server, by its command line.
+/// Reports whether the process is a RabbitMQ or PostgreSQL server, by its command line.
 fn is_server(pid: u32) -> bool {
     let Ok(command_line) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -124,7 +124,7 @@ fn is_server(pid: u32) -> bool {
     command_line.contains("beam") || command_line.contains("postgres")
 }
 
-/// Whether a process exists and is not a zombie.
+/// Reports whether a process exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => process_state(&stat) != Some('Z'),

@@ -49,10 +49,6 @@ impl WorkerProcess {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
     /// Kills the process with SIGKILL and waits until it is gone.
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
@@ -194,14 +190,6 @@ impl WorkerLog {
     /// Whether any line contains `text`.
     pub fn contains(&self, text: &str) -> bool {
         self.lines.iter().any(|line| line.text.contains(text))
-    }
-
-    /// The lines at `ERROR` level.
-    pub fn errors(&self) -> Vec<&LogLine> {
-        self.lines
-            .iter()
-            .filter(|line| line.level() == "ERROR")
-            .collect()
     }
 
     pub fn tail(&self, count: usize) -> String {
