@@ -10,6 +10,10 @@ use tokio::process::Command;
 /// Directory under the system temporary directory that contains every private instance.
 const INSTANCES_DIR: &str = "erp-sync-faults";
 
+/// Environment variable naming the instance directory of the test that started a
+/// worker process.
+pub const INSTANCE_VAR: &str = "FAULT_TEST_INSTANCE_DIR";
+
 /// A directory for one private instance or one test's files, removed on drop.
 ///
 /// Its name carries the id of the test process that created it, so a later test can
@@ -50,9 +54,10 @@ impl Drop for InstanceDir {
     }
 }
 
-/// Ends the servers of instance directories whose test process no longer runs, and
-/// removes those directories. Servers are found through their pid files and ended
-/// only when the process is still the server that wrote the file.
+/// Ends the servers and workers of instance directories whose test process no longer
+/// runs, and removes those directories. Processes are found through their pid files
+/// and ended only when their command line or environment still names the directory,
+/// so a process id reused by an unrelated process is left alone.
 pub fn reap_orphaned_instances() {
     let root = std::env::temp_dir().join(INSTANCES_DIR);
     let Ok(entries) = std::fs::read_dir(&root) else {
@@ -69,7 +74,7 @@ pub fn reap_orphaned_instances() {
         }
         for pid_file in pid_files_under(&dir) {
             if let Some(pid) = read_pid_file(&pid_file)
-                && is_server(pid)
+                && belongs_to(pid, &dir)
             {
                 for child in children_of(pid) {
                     signal_now(child, "CONT");
@@ -82,8 +87,8 @@ pub fn reap_orphaned_instances() {
     }
 }
 
-/// Finds the pid files of RabbitMQ (`pid`) and PostgreSQL (`postmaster.pid`) at most
-/// two levels below `dir`.
+/// Finds the pid files of RabbitMQ (`pid`), PostgreSQL (`postmaster.pid`) and workers
+/// (`worker-N.pid`) at most two levels below `dir`.
 fn pid_files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![(dir.to_path_buf(), 0)];
@@ -96,7 +101,7 @@ fn pid_files_under(dir: &Path) -> Vec<PathBuf> {
             let name = entry.file_name();
             if path.is_dir() && depth < 2 {
                 pending.push((path, depth + 1));
-            } else if name == "pid" || name == "postmaster.pid" {
+            } else if name == "pid" || name.to_string_lossy().ends_with(".pid") {
                 found.push(path);
             }
         }
@@ -115,13 +120,15 @@ pub fn read_pid_file(path: &Path) -> Option<u32> {
         .ok()
 }
 
-/// Reports whether the process is a RabbitMQ or PostgreSQL server, by its command line.
-fn is_server(pid: u32) -> bool {
-    let Ok(command_line) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let command_line = String::from_utf8_lossy(&command_line);
-    command_line.contains("beam") || command_line.contains("postgres")
+/// Reports whether a process was started for the instance directory `dir`: its
+/// command line (PostgreSQL's `-D`) or its environment (RabbitMQ's directories, a
+/// worker's [`INSTANCE_VAR`]) names the directory.
+fn belongs_to(pid: u32, dir: &Path) -> bool {
+    let dir = dir.display().to_string();
+    ["cmdline", "environ"].iter().any(|file| {
+        std::fs::read(format!("/proc/{pid}/{file}"))
+            .is_ok_and(|text| String::from_utf8_lossy(&text).contains(&dir))
+    })
 }
 
 /// Reports whether a process exists and is not a zombie.

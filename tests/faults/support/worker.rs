@@ -30,10 +30,12 @@ impl WorkerProcess {
             .append(true)
             .open(&log_path)
             .expect("the worker log opens");
+        let instance_dir = log_path.parent().expect("the log is in a directory");
         let child = Command::new(BINARY)
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(system::INSTANCE_VAR, instance_dir)
             .envs(vars.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("the log handle is cloned"))
@@ -42,6 +44,9 @@ impl WorkerProcess {
             .spawn()
             .expect("erp-sync starts");
         let pid = child.id().expect("the child has a pid");
+        // Lets a later test end this process if the test that started it is killed.
+        std::fs::write(log_path.with_extension("pid"), pid.to_string())
+            .expect("the pid file is written");
         WorkerProcess {
             child,
             pid,
