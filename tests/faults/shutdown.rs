@@ -322,8 +322,12 @@ async fn sigterm_during_database_outage_loses_nothing() {
     worker.signal("TERM");
     let status = worker.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0), "{}", worker.log_tail(20));
-    // Tasks waiting for a connection see the signal once their acquire times out (5 s).
-    assert!(signalled_at.elapsed() < Duration::from_secs(12));
+    // Dispatch may see the signal only when its wait for a connection times out (5 s).
+    let stopped_after = signalled_at.elapsed();
+    assert!(
+        stopped_after < Duration::from_secs(8),
+        "the worker exited {stopped_after:?} after the signal"
+    );
 
     env.cluster.boot().await;
     let _next_run = env.start_worker().await;
