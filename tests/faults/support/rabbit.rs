@@ -217,6 +217,13 @@ impl PrivateBroker {
                 "RABBITMQ_ADVANCED_CONFIG_FILE",
                 format!("{path}/advanced.config"),
             ),
+            // Erlang distribution and its port mapper on loopback only, whatever the
+            // machine's rabbitmq-env.conf says.
+            ("ERL_EPMD_ADDRESS", "127.0.0.1".to_owned()),
+            (
+                "ERL_FLAGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}".to_owned(),
+            ),
         ]
     }
 }
