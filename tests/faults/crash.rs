@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use erp_sync::simulator::{Fault, FaultRule, Latency, LinkCase, RequestFilter};
+use erp_sync::simulator::{Fault, FaultRule, LinkCase, RequestFilter};
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
 
@@ -21,15 +21,7 @@ use crate::support::{ACCOUNTS, FaultEnv, Resends, envelope, wait_until};
 async fn repeated_kills_lose_no_event() {
     let mut env = FaultEnv::start().await;
     env.set("ERP_SYNC_DISPATCH_LEASE", "3s");
-    env.simulator
-        .control()
-        .update_behaviour(|behaviour| {
-            behaviour.latency = Some(Latency::Uniform {
-                min: Duration::from_millis(200),
-                max: Duration::from_millis(1500),
-            });
-        })
-        .expect("the latency is valid");
+    env.set_latency(Duration::from_millis(200), Duration::from_millis(1500));
     let links: Vec<String> = {
         let data = env.simulator.control().data();
         data.find_links(LinkCase::Blockable)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use erp_sync::simulator::{Latency, LinkCase};
+use erp_sync::simulator::LinkCase;
 use rand::seq::SliceRandom as _;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Value, json};
@@ -43,15 +43,7 @@ async fn three_workers_with_kills() {
     let mut env = FaultEnv::start().await;
     env.set("ERP_SYNC_DISPATCH_LEASE", "3s");
     env.set("ERP_SYNC_DISPATCH_COALESCE_WINDOW", "500ms");
-    env.simulator
-        .control()
-        .update_behaviour(|behaviour| {
-            behaviour.latency = Some(Latency::Uniform {
-                min: Duration::from_millis(50),
-                max: Duration::from_millis(400),
-            });
-        })
-        .expect("the latency is valid");
+    env.set_latency(Duration::from_millis(50), Duration::from_millis(400));
 
     let buyers = env.active_buyers(8);
     let links: Vec<String> = {

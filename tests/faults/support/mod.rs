@@ -197,6 +197,17 @@ impl FaultEnv {
         FaultEnv::connect_to(&self.cluster.url(DATABASE)).await
     }
 
+    /// Makes the simulator wait a random time between `min` and `max` before every
+    /// response, so calls overlap and are in flight when a fault hits.
+    pub fn set_latency(&self, min: Duration, max: Duration) {
+        self.simulator
+            .control()
+            .update_behaviour(|behaviour| {
+                behaviour.latency = Some(erp_sync::simulator::Latency::Uniform { min, max });
+            })
+            .expect("the latency is valid");
+    }
+
     /// Returns the first `count` active buyers of the data set, in id order.
     pub fn active_buyers(&self, count: usize) -> Vec<String> {
         let data = self.simulator.control().data();

@@ -101,83 +101,65 @@ impl PrivateBroker {
     /// with a `connection.close` from the broker.
     pub async fn stop(&self) {
         let pid_file = self.pid_file().display().to_string();
-        system::run("rabbitmqctl", &["-n", &self.node, "stop", &pid_file]).await;
+        self.ctl(&["stop", &pid_file]).await;
     }
 
     /// Deletes a queue with `rabbitmqctl`, as an operator would.
     pub async fn delete_queue(&self, queue: &str) {
-        system::run("rabbitmqctl", &["-n", &self.node, "delete_queue", queue]).await;
+        self.ctl(&["delete_queue", queue]).await;
     }
 
     /// Counts the consumers on a queue with `rabbitmqctl list_consumers`.
     pub async fn consumers(&self, queue: &str) -> usize {
-        let listing = system::run(
-            "rabbitmqctl",
-            &[
-                "-n",
-                &self.node,
-                "list_consumers",
-                "-q",
-                "--no-table-headers",
-                "queue_name",
-                "consumer_tag",
-            ],
-        )
-        .await;
-        listing
-            .lines()
-            .filter(|line| line.split_whitespace().next() == Some(queue))
+        self.list("list_consumers", &["queue_name", "consumer_tag"])
+            .await
+            .iter()
+            .filter(|columns| columns.first().map(String::as_str) == Some(queue))
             .count()
     }
 
     /// Returns the messages of a queue that wait for a consumer and those delivered but
     /// not acknowledged, from `rabbitmqctl list_queues`, or `None` for a missing queue.
     pub async fn queue_depth(&self, queue: &str) -> Option<(u64, u64)> {
-        let listing = system::run(
-            "rabbitmqctl",
-            &[
-                "-n",
-                &self.node,
+        let rows = self
+            .list(
                 "list_queues",
-                "-q",
-                "--no-table-headers",
-                "name",
-                "messages_ready",
-                "messages_unacknowledged",
-            ],
-        )
-        .await;
-        listing.lines().find_map(|line| {
-            let columns: Vec<&str> = line.split_whitespace().collect();
-            match columns.as_slice() {
-                [name, ready, unacknowledged] if *name == queue => {
-                    Some((ready.parse().ok()?, unacknowledged.parse().ok()?))
-                }
-                _ => None,
+                &["name", "messages_ready", "messages_unacknowledged"],
+            )
+            .await;
+        rows.iter().find_map(|columns| match columns.as_slice() {
+            [name, ready, unacknowledged] if name == queue => {
+                Some((ready.parse().ok()?, unacknowledged.parse().ok()?))
             }
+            _ => None,
         })
     }
 
     /// Returns the arguments a queue was declared with, as `rabbitmqctl` prints them.
     pub async fn queue_arguments(&self, queue: &str) -> String {
-        let listing = system::run(
-            "rabbitmqctl",
-            &[
-                "-n",
-                &self.node,
-                "list_queues",
-                "-q",
-                "--no-table-headers",
-                "name",
-                "arguments",
-            ],
-        )
-        .await;
-        listing
-            .lines()
-            .find(|line| line.split_whitespace().next() == Some(queue))
+        let rows = self.list("list_queues", &["name", "arguments"]).await;
+        rows.iter()
+            .find(|columns| columns.first().map(String::as_str) == Some(queue))
+            .map(|columns| columns.join(" "))
             .unwrap_or_default()
-            .to_owned()
+    }
+
+    /// Runs `rabbitmqctl` against this node.
+    async fn ctl(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.node.as_str()];
+        full.extend_from_slice(args);
+        system::run("rabbitmqctl", &full).await
+    }
+
+    /// Runs a `rabbitmqctl` listing command and splits its rows into columns.
+    async fn list(&self, command: &str, columns: &[&str]) -> Vec<Vec<String>> {
+        let mut args = vec![command, "-q", "--no-table-headers"];
+        args.extend_from_slice(columns);
+        self.ctl(&args)
+            .await
+            .lines()
+            .map(|line| line.split_whitespace().map(str::to_owned).collect())
+            .collect()
     }
 
     /// Reads the node's log file.
