@@ -157,6 +157,9 @@ async fn consume_until_failure(
         broker: BrokerAddress::of(config),
     };
     let result = batches.run(session).await;
+    // Closing the connection ends the consumer and returns every delivery not yet
+    // acknowledged to the queue. It waits for the broker at most one operation timeout,
+    // so a shutdown during a network stall still ends within that time.
     link.close().await;
     result
 }
@@ -203,7 +206,6 @@ impl BatchProcessor<'_> {
                 )
                 .await?;
             if batch.is_empty() {
-                session.stop().await;
                 return Ok(());
             }
 
@@ -214,7 +216,6 @@ impl BatchProcessor<'_> {
             let Some((items, stored)) = self.store(&batch, &spans).await? else {
                 // Shut down while the database was unavailable: nothing of the batch is
                 // acknowledged, so the broker delivers it again later.
-                session.stop().await;
                 return Ok(());
             };
             session.ack(&batch).await?;

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -78,11 +78,14 @@ fn header_text(value: &AMQPValue) -> Option<String> {
     }
 }
 
-/// A consumer on the work queue, on a channel of its own.
+/// A consumer on the work queue, on a channel of its own. It ends with its
+/// connection ([`BrokerLink::close`]), which returns unacknowledged deliveries to the
+/// queue.
 pub struct ConsumerSession {
-    channel: lapin::Channel,
+    /// Held so the channel stays open: lapin closes a channel when its last handle is
+    /// dropped.
+    _channel: lapin::Channel,
     consumer: lapin::Consumer,
-    tag: String,
     timeout: Duration,
 }
 
@@ -107,9 +110,8 @@ impl BrokerLink {
             )
             .await?;
         Ok(ConsumerSession {
-            channel,
+            _channel: channel,
             consumer,
-            tag: tag.to_owned(),
             timeout: self.config().operation_timeout,
         })
     }
@@ -159,7 +161,11 @@ impl ConsumerSession {
     }
 
     /// Acknowledges every delivery of the batch with one `basic.ack` (multiple).
-    pub async fn ack(&self, batch: &[Inbound]) -> Result<(), BrokerError> {
+    ///
+    /// When the channel closed while the batch was being stored, the error carries the
+    /// broker's reason, such as a 406 for an acknowledgement that came after
+    /// `consumer_timeout`.
+    pub async fn ack(&mut self, batch: &[Inbound]) -> Result<(), BrokerError> {
         let Some(last) = batch.last() else {
             return Ok(());
         };
@@ -170,24 +176,28 @@ impl ConsumerSession {
         )
         .await?;
         if acked {
-            Ok(())
-        } else {
-            Err(BrokerError::Channel(
-                "the channel closed before the acknowledgement; the broker will deliver the batch again".to_owned(),
-            ))
+            return Ok(());
         }
+        let reason = match self.channel_error() {
+            Some(error) => format!(" ({error})"),
+            None => String::new(),
+        };
+        Err(BrokerError::Channel(format!(
+            "the channel closed before the acknowledgement{reason}; the broker will deliver the batch again"
+        )))
     }
 
-    /// Cancels the consumer and closes its channel, so that deliveries received but
-    /// not acknowledged go back to the queue at once.
-    pub async fn stop(self) {
-        if self.channel.status().connected() {
-            let cancel = self
-                .channel
-                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default());
-            let _ = bounded(self.timeout, "basic.cancel", cancel).await;
-            let close = self.channel.close(200, "consumer stopped".into());
-            let _ = bounded(self.timeout, "channel.close", close).await;
+    /// Returns the error that ended the consumer's channel, when the consumer has
+    /// received it. Deliveries still buffered before it are discarded without waiting:
+    /// their channel is gone, so the broker delivers them again.
+    fn channel_error(&mut self) -> Option<String> {
+        while let Some(next) = self.consumer.next().now_or_never() {
+            match next {
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Some(error.to_string()),
+                None => return None,
+            }
         }
+        None
     }
 }

@@ -422,22 +422,33 @@ async fn keep_leases(
             _ = ticker.tick() => {}
             _ = stop.cancelled() => return,
         }
-        if let Err(error) = database
-            .renew_leases(&shared.in_flight_ids(), lease, &worker_id)
-            .await
-        {
-            warn!(%error, "cannot renew command leases");
+        // While the database is unavailable a round waits for a connection; shutdown
+        // does not wait for it. Abandoning either statement is harmless: a renewal only
+        // extends leases, and a release only frees leases that have already ended.
+        tokio::select! {
+            _ = tend_leases(&database, lease, &worker_id, &shared) => {}
+            _ = stop.cancelled() => return,
         }
-        match database.release_expired_leases().await {
-            Ok(0) => {}
-            Ok(released) => {
-                warn!(
-                    commands = released,
-                    "released commands whose worker stopped during an attempt; they will be retried"
-                );
-                shared.wake.notify_one();
-            }
-            Err(error) => warn!(%error, "cannot release expired leases"),
+    }
+}
+
+/// Renews this worker's leases, then releases the expired leases of any worker.
+async fn tend_leases(database: &Database, lease: Duration, worker_id: &str, shared: &Shared) {
+    if let Err(error) = database
+        .renew_leases(&shared.in_flight_ids(), lease, worker_id)
+        .await
+    {
+        warn!(%error, "cannot renew command leases");
+    }
+    match database.release_expired_leases().await {
+        Ok(0) => {}
+        Ok(released) => {
+            warn!(
+                commands = released,
+                "released commands whose worker stopped during an attempt; they will be retried"
+            );
+            shared.wake.notify_one();
         }
+        Err(error) => warn!(%error, "cannot release expired leases"),
     }
 }
