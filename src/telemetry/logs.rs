@@ -20,6 +20,7 @@ use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Registry};
 
+use super::filter::Decided;
 use crate::config::LogFormat;
 
 /// A layer of the global subscriber.
@@ -60,7 +61,7 @@ pub(super) fn log_layer(
                 .with_writer(writer),
         ),
     };
-    let layer = RepeatLimiter::new(lines, repeat_window).with_filter(filter);
+    let layer = RepeatLimiter::new(lines, repeat_window).with_filter(Decided(filter));
     (Box::new(layer), guard)
 }
 
