@@ -25,7 +25,7 @@ pub const DATABASE_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Longest wait for a condition in a test.
-pub const WAIT_LIMIT: Duration = Duration::from_secs(30);
+pub const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
 /// A running pipeline.
 pub struct TestEnv {
