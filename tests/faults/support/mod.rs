@@ -116,6 +116,8 @@ impl FaultEnv {
             ("ERP_SYNC_DISPATCH_SHUTDOWN_GRACE", "5s".to_owned()),
             ("ERP_SYNC_RETRY_INITIAL_DELAY", "200ms".to_owned()),
             ("ERP_SYNC_RETRY_MAX_DELAY", "5s".to_owned()),
+            // Several workers run at once; each takes a free port for its endpoints.
+            ("ERP_SYNC_TELEMETRY_LISTEN", "127.0.0.1:0".to_owned()),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))

@@ -114,9 +114,16 @@ impl WorkerProcess {
     ) -> LogLine {
         let deadline = Instant::now() + limit;
         loop {
+            // Read before the log, so that a line written just before the exit counts.
+            let alive = system::is_alive(self.pid);
             if let Some(line) = self.log().lines.into_iter().find(|line| matches(line)) {
                 return line;
             }
+            assert!(
+                alive,
+                "erp-sync exited while the test waited for the log to show {what}; log:\n{}",
+                self.log_tail(60)
+            );
             assert!(
                 Instant::now() < deadline,
                 "timed out after {limit:?} waiting for the log to show {what}; log:\n{}",
