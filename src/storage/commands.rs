@@ -138,12 +138,26 @@ pub struct SettledEvent {
 impl Database {
     /// Claims up to `limit` due commands for `worker`, each first in line for its
     /// object and with no other command of its object running anywhere.
+    ///
+    /// The events a command serves are read by primary key from the ids listed in
+    /// `command_events`. A join of the two tables would do too, but before the tables
+    /// have statistics (a new database, a burst after start-up) it can be planned as a
+    /// full scan of `events` for every claimed command.
+    ///
+    /// Bitmap scans are off for the claim. A claim must walk `commands_due` in order
+    /// and stop at `limit`; on tables without statistics yet the planner may instead
+    /// collect every due command and sort them, which costs time in proportion to the
+    /// backlog, the very moment a claim should be fast.
     pub async fn claim_due_commands(
         &self,
         limit: usize,
         lease: Duration,
         worker: &str,
     ) -> sqlx::Result<Vec<ClaimedCommand>> {
+        let mut transaction = self.pool().begin().await?;
+        sqlx::raw_sql("SET LOCAL enable_bitmapscan = off")
+            .execute(&mut *transaction)
+            .await?;
         let rows = sqlx::query(
             "WITH candidate AS ( \
                  SELECT c.id, c.object_key FROM commands c \
@@ -178,18 +192,23 @@ impl Database {
                         NULLIF(split_part(traceparent, '-', 2), ''), $3 \
                  FROM claimed \
              ) \
-             SELECT claimed.*, \
-                    ARRAY(SELECT ce.event_id FROM command_events ce JOIN events e ON e.id = ce.event_id \
-                          WHERE ce.command_id = claimed.id ORDER BY e.enqueue_time, e.id) AS event_ids, \
-                    ARRAY(SELECT e.traceparent FROM command_events ce JOIN events e ON e.id = ce.event_id \
-                          WHERE ce.command_id = claimed.id ORDER BY e.enqueue_time, e.id) AS event_traceparents \
-             FROM claimed ORDER BY id",
+             SELECT claimed.*, coalesce(served.event_ids, '{}') AS event_ids, \
+                    coalesce(served.event_traceparents, '{}') AS event_traceparents \
+             FROM claimed LEFT JOIN LATERAL ( \
+                 SELECT array_agg(e.id ORDER BY e.enqueue_time, e.id) AS event_ids, \
+                        array_agg(e.traceparent ORDER BY e.enqueue_time, e.id) AS event_traceparents \
+                 FROM events e \
+                 WHERE e.id = ANY (ARRAY(SELECT ce.event_id FROM command_events ce \
+                                         WHERE ce.command_id = claimed.id)) \
+             ) served ON true \
+             ORDER BY id",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(micros(lease))
         .bind(worker)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *transaction)
         .await?;
+        transaction.commit().await?;
 
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
