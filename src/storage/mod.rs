@@ -293,6 +293,14 @@ pub fn poisons_connections(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Builds the connection settings: the URL, the time limits, and custom plans.
+///
+/// Every statement is planned for the table sizes at the time it runs
+/// (`plan_cache_mode = force_custom_plan`). A cached generic plan is made once per
+/// connection, often while the tables are still small, and the plan that suits a
+/// small table (such as scanning every pending command to find a few objects) makes
+/// each batch slower as the tables grow. Planning each statement costs well under a
+/// millisecond.
 fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(config.url.expose()).with_context(|| {
         format!(
@@ -306,6 +314,7 @@ fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> 
             "idle_in_transaction_session_timeout",
             millis(config.idle_in_transaction_timeout),
         ),
+        ("plan_cache_mode", "force_custom_plan".to_owned()),
     ]))
 }
 

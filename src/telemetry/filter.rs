@@ -6,7 +6,7 @@
 //! whatever bit the previous `enabled` call left. Libraries that ask "is this level
 //! on?" without emitting anything, as `log::log_enabled!` does through the `log`
 //! bridge after every sqlx query, leave such bits behind, and the next line of the
-//! thread is dropped from the layer. [`Decided`] never grants `always`, so `enabled`
+//! thread is dropped from the layer. [`PerCallFilter`] never grants `always`, so `enabled`
 //! runs before every span and event and the bit is always the current one.
 
 use tracing::Metadata;
@@ -16,9 +16,9 @@ use tracing_core::{Event, LevelFilter};
 use tracing_subscriber::layer::{Context, Filter};
 
 /// Wraps a filter so that its callsites are re-evaluated on every call.
-pub(super) struct Decided<F>(pub(super) F);
+pub(super) struct PerCallFilter<F>(pub(super) F);
 
-impl<S, F: Filter<S>> Filter<S> for Decided<F> {
+impl<S, F: Filter<S>> Filter<S> for PerCallFilter<F> {
     fn enabled(&self, metadata: &Metadata<'_>, ctx: &Context<'_, S>) -> bool {
         self.0.enabled(metadata, ctx)
     }
@@ -99,19 +99,19 @@ mod tests {
     );
 
     #[test]
-    fn a_level_probe_does_not_hide_the_next_line() {
+    fn per_call_filter_survives_level_probe() {
         let lines = Count::default();
         let spans = Count::default();
         let subscriber = Registry::default()
             .with(
                 lines
                     .clone()
-                    .with_filter(Decided(EnvFilter::new("info,library=warn"))),
+                    .with_filter(PerCallFilter(EnvFilter::new("info,library=warn"))),
             )
             .with(
                 spans
                     .clone()
-                    .with_filter(Decided(Targets::new().with_target("erp_sync", Level::INFO))),
+                    .with_filter(PerCallFilter(Targets::new().with_target("erp_sync", Level::INFO))),
             );
         let dispatch = tracing::Dispatch::new(subscriber);
         tracing::dispatcher::with_default(&dispatch, || {

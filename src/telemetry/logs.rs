@@ -20,7 +20,7 @@ use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Registry};
 
-use super::filter::Decided;
+use super::filter::PerCallFilter;
 use crate::config::LogFormat;
 
 /// A layer of the global subscriber.
@@ -61,7 +61,7 @@ pub(super) fn log_layer(
                 .with_writer(writer),
         ),
     };
-    let layer = RepeatLimiter::new(lines, repeat_window).with_filter(Decided(filter));
+    let layer = RepeatLimiter::new(lines, repeat_window).with_filter(PerCallFilter(filter));
     (Box::new(layer), guard)
 }
 

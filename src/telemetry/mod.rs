@@ -45,7 +45,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use crate::config::{LogConfig, TelemetryConfig};
 use crate::storage::{SettledEvent, trace_id_of};
 use export::{ExportPlan, ExportReporter};
-use filter::Decided;
+use filter::PerCallFilter;
 use logs::BoxedLayer;
 use metrics::metrics;
 
@@ -139,7 +139,7 @@ impl Telemetry {
             .with_threads(false)
             .with_target(false)
             .with_tracked_inactivity(false)
-            .with_filter(Decided(Targets::new().with_target(TRACED_TARGET, Level::INFO)));
+            .with_filter(PerCallFilter(Targets::new().with_target(TRACED_TARGET, Level::INFO)));
         let layers: Vec<BoxedLayer> = vec![log_layer, Box::new(span_layer)];
         // Another subscriber may already be installed in a test process; it stays.
         let _ = tracing_subscriber::registry().with(layers).try_init();
