@@ -17,7 +17,7 @@ use crate::health::{self, Readiness};
 use crate::ingest::run_ingest;
 use crate::platform::PlatformClient;
 use crate::retry::RetryPolicy;
-use crate::storage::Database;
+use crate::storage::{Database, keep_statistics};
 use crate::telemetry::metrics::{ObservedWorker, OpenWorkSnapshot, metrics};
 
 /// How long the health listener may take to close its connections at the end.
@@ -80,6 +80,7 @@ impl Worker {
         let health_stop = CancellationToken::new();
         let health = self.serve_health(&health_stop);
         let gauges = self.start_gauges(&stop);
+        let statistics = tokio::spawn(keep_statistics(self.database.clone(), stop.clone()));
         let ingest = tokio::spawn({
             let stop = stop.clone();
             let config = config.clone();
@@ -107,6 +108,7 @@ impl Worker {
 
         let ingested = ingest.await.context("the consumer task panicked")?;
         let _ = gauges.await;
+        let _ = statistics.await;
         self.database.close().await;
         health_stop.cancel();
         if let Some(mut health) = health

@@ -450,7 +450,10 @@ impl Database {
 /// Locks command rows in id order. Every statement that updates several commands takes
 /// its locks this way first, so two of them (recording outcomes, renewing leases) can
 /// never wait on each other in a cycle.
-async fn lock_commands_in_order(transaction: &mut sqlx::PgConnection, ids: &[i64]) -> sqlx::Result<()> {
+async fn lock_commands_in_order(
+    transaction: &mut sqlx::PgConnection,
+    ids: &[i64],
+) -> sqlx::Result<()> {
     sqlx::query("SELECT id FROM commands WHERE id = ANY($1) ORDER BY id FOR UPDATE")
         .bind(ids)
         .execute(&mut *transaction)

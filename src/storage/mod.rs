@@ -10,6 +10,7 @@ mod ingest;
 mod operator;
 mod planning;
 mod report;
+mod statistics;
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,7 @@ pub use operator::{
 };
 pub use planning::{NewCommand, PlannedCommand};
 pub use report::{OpenWork, OutcomeCounts, SettlementProgress};
+pub use statistics::keep_statistics;
 
 use crate::config::DatabaseConfig;
 

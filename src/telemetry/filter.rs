@@ -108,11 +108,9 @@ mod tests {
                     .clone()
                     .with_filter(PerCallFilter(EnvFilter::new("info,library=warn"))),
             )
-            .with(
-                spans
-                    .clone()
-                    .with_filter(PerCallFilter(Targets::new().with_target("erp_sync", Level::INFO))),
-            );
+            .with(spans.clone().with_filter(PerCallFilter(
+                Targets::new().with_target("erp_sync", Level::INFO),
+            )));
         let dispatch = tracing::Dispatch::new(subscriber);
         tracing::dispatcher::with_default(&dispatch, || {
             for _ in 0..3 {

@@ -139,7 +139,9 @@ impl Telemetry {
             .with_threads(false)
             .with_target(false)
             .with_tracked_inactivity(false)
-            .with_filter(PerCallFilter(Targets::new().with_target(TRACED_TARGET, Level::INFO)));
+            .with_filter(PerCallFilter(
+                Targets::new().with_target(TRACED_TARGET, Level::INFO),
+            ));
         let layers: Vec<BoxedLayer> = vec![log_layer, Box::new(span_layer)];
         // Another subscriber may already be installed in a test process; it stays.
         let _ = tracing_subscriber::registry().with(layers).try_init();

@@ -435,6 +435,12 @@ fn peak_rss(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Shortest pause between two counts of a run's progress.
+const MIN_POLL_PAUSE: Duration = Duration::from_millis(50);
+
+/// Longest pause between two counts of a run's progress.
+const MAX_POLL_PAUSE: Duration = Duration::from_secs(1);
+
 /// Polls a count (a query with one bigint parameter, `argument`) until it reaches
 /// `target`, returning (seconds since `since`, count) samples for the timeline plot, or
 /// fails after `limit`.
@@ -461,6 +467,22 @@ pub async fn poll_until(
             "only {count} of {target} after {} s",
             limit.as_secs()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(poll_pause(&samples, target)).await;
     }
+}
+
+/// Returns the pause before the next count: a quarter of the time the rest is
+/// expected to take at the rate so far, between 50 ms and a second. The counts scan
+/// the new audit rows, and counting ten times a second would take a good part of a
+/// core from the worker and the database it measures.
+fn poll_pause(samples: &[(f64, i64)], target: i64) -> Duration {
+    let Some(&(seconds, count)) = samples.last() else {
+        return MAX_POLL_PAUSE;
+    };
+    if seconds <= 0.0 || count <= 0 {
+        return MAX_POLL_PAUSE;
+    }
+    let rate = count as f64 / seconds;
+    let remaining = (target - count).max(0) as f64 / rate;
+    Duration::from_secs_f64(remaining / 4.0).clamp(MIN_POLL_PAUSE, MAX_POLL_PAUSE)
 }
