@@ -42,6 +42,9 @@ struct Shared {
     in_flight: Mutex<HashSet<i64>>,
     /// Signalled when an outcome was recorded, which may make another command due.
     wake: Notify,
+    /// Signalled when an attempt handed its outcome to the recorder and gave back its
+    /// permit, so the claim loop can fill the place without waiting for the recording.
+    freed: Notify,
     /// Dispatch is paused until then after the platform refused the token.
     paused_until: Mutex<Option<Instant>>,
 }
@@ -174,6 +177,7 @@ impl Dispatcher {
             if free == 0 {
                 tokio::select! {
                     _ = shared.wake.notified() => {}
+                    _ = shared.freed.notified() => {}
                     _ = shutdown.cancelled() => break,
                 }
                 continue;
@@ -236,6 +240,7 @@ impl Dispatcher {
                     // attempts plus the recorder's queue are outstanding at any time.
                     let _ = records.send(record).await;
                     drop(permit);
+                    shared.freed.notify_one();
                 });
             }
             if filled {

@@ -37,10 +37,14 @@ impl Database {
     /// `analyzed`, and hold at least `MIN_ROWS` rows, adding them to `analyzed`.
     /// Returns how many tables still wait for their first analysis.
     pub async fn analyze_new_tables(&self, analyzed: &mut HashSet<String>) -> sqlx::Result<usize> {
+        // `reltuples` is -1 until the first ANALYZE or VACUUM. Unlike the activity
+        // counters of pg_stat_user_tables, it survives a copy of the database.
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT relname::text, n_live_tup FROM pg_stat_user_tables \
-             WHERE schemaname = current_schema() AND relname = ANY($1) \
-               AND last_analyze IS NULL AND last_autoanalyze IS NULL",
+            "SELECT c.relname::text, coalesce(s.n_live_tup, 0) \
+             FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
+             WHERE n.nspname = current_schema() AND c.relname = ANY($1) AND c.reltuples < 0",
         )
         .bind(HOT_TABLES)
         .fetch_all(self.pool())

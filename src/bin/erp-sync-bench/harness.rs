@@ -27,7 +27,7 @@ pub const DATABASE: &str = "erp_sync_bench";
 pub const PREFIX: &str = "erp-sync-bench";
 /// Buyers in the simulator's data set: enough Active buyers with ERP ids for the
 /// largest run over distinct buyers.
-pub const SIMULATOR_BUYERS: usize = 110_000;
+pub const SIMULATOR_BUYERS: usize = 125_000;
 /// Port of the simulator process.
 pub const SIMULATOR_PORT: u16 = 18_089;
 
