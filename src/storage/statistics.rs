@@ -1,101 +1,108 @@
-//! Planner statistics for a new database.
+//! Planner statistics that keep up with the outbox.
 //!
-//! Until a table has been analyzed once, PostgreSQL guesses how many rows a lookup
-//! matches, and for `event_id = ANY($1)` it guesses a third of the table. Plans built
-//! on such guesses scan whole tables where an index lookup would do, so every batch
-//! costs time in proportion to the tables. Autovacuum analyzes them only after its
-//! next round (a minute by default) and a share of changes, long after a backlog
-//! started to drain into a new database. One `ANALYZE` is enough: it records that
-//! ids are distinct, and estimates then follow the tables as they grow.
+//! The worker's lookups go through partial indexes of open work (`commands_due`,
+//! `commands_open_by_object`, `events_unsettled`). When the statistics say that no
+//! command is pending, because the table was never analyzed or because it was last
+//! analyzed when all its commands were applied, the planner takes those indexes for
+//! empty and reads all of them, or hashes all open commands, in every claim and every
+//! recording. A backlog then drains at a rate that falls as it grows. Autovacuum
+//! analyzes a table only after a minute and a tenth of its rows have changed, which on
+//! a table with millions of settled commands is long after the backlog arrived.
+//!
+//! So the worker analyzes its open-work tables itself, once a small share of their
+//! rows has changed since the last analysis.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::Database;
 
-/// The tables whose lookups the worker runs in every batch.
-const HOT_TABLES: &[&str] = &[
-    "events",
-    "commands",
-    "command_events",
-    "object_leases",
-    "audit",
-];
+/// The tables whose open rows the claims and recordings look up.
+const OPEN_WORK_TABLES: &[&str] = &["events", "commands", "command_events", "object_leases"];
 
-/// Rows a never-analyzed table needs before it is analyzed, so that the statistics
-/// describe real data.
-const MIN_ROWS: i64 = 1_000;
+/// Changed rows after which a table is analyzed again, on top of `CHANGED_SHARE`.
+const CHANGED_ROWS: f64 = 1_000.0;
+
+/// Share of a table's rows that, once changed, makes it due for analysis.
+const CHANGED_SHARE: f64 = 0.01;
+
+/// Shortest time between two analyses of one table.
+const MIN_ANALYZE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Pause between two checks of the tables.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Database {
-    /// Analyzes the worker's tables that have never been analyzed, are not in
-    /// `analyzed`, and hold at least `MIN_ROWS` rows, adding them to `analyzed`.
-    /// Returns how many tables still wait for their first analysis.
-    pub async fn analyze_new_tables(&self, analyzed: &mut HashSet<String>) -> sqlx::Result<usize> {
-        // `reltuples` is -1 until the first ANALYZE or VACUUM. Unlike the activity
-        // counters of pg_stat_user_tables, it survives a copy of the database.
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT c.relname::text, coalesce(s.n_live_tup, 0) \
+    /// Analyzes the open-work tables on which enough rows changed since their last
+    /// analysis, skipping those analyzed by this worker within `MIN_ANALYZE_INTERVAL`
+    /// (listed in `last_analyzed`). Returns the tables analyzed.
+    pub async fn analyze_changed_tables(
+        &self,
+        last_analyzed: &mut HashMap<String, Instant>,
+    ) -> sqlx::Result<Vec<String>> {
+        // `reltuples` is -1 until the first analysis; `n_mod_since_analyze` counts
+        // the inserted, updated and deleted rows since then.
+        let due: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text \
              FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
-             LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
-             WHERE n.nspname = current_schema() AND c.relname = ANY($1) AND c.reltuples < 0",
+             JOIN pg_stat_user_tables s ON s.relid = c.oid \
+             WHERE n.nspname = current_schema() AND c.relname = ANY($1) \
+               AND s.n_mod_since_analyze >= $2 + $3 * greatest(c.reltuples, 0)",
         )
-        .bind(HOT_TABLES)
+        .bind(OPEN_WORK_TABLES)
+        .bind(CHANGED_ROWS)
+        .bind(CHANGED_SHARE)
         .fetch_all(self.pool())
         .await?;
 
-        let mut waiting = 0;
-        for (table, live_rows) in rows {
-            if analyzed.contains(&table) {
+        let mut analyzed = Vec::new();
+        for table in due {
+            if last_analyzed
+                .get(&table)
+                .is_some_and(|at| at.elapsed() < MIN_ANALYZE_INTERVAL)
+            {
                 continue;
             }
-            if live_rows < MIN_ROWS {
-                waiting += 1;
-                continue;
-            }
-            // The name comes from HOT_TABLES, never from input. A role that does not
-            // own the table gets a warning from PostgreSQL and no statistics, and the
-            // table is not tried again.
+            // The name comes from OPEN_WORK_TABLES, never from input. A role that does
+            // not own the table gets a warning from PostgreSQL and no statistics; the
+            // interval keeps it from trying more often.
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ANALYZE \"{table}\"")))
                 .execute(self.pool())
                 .await?;
-            info!(
-                table,
-                rows = live_rows,
-                "analyzed a new table for the query planner"
-            );
-            analyzed.insert(table);
+            last_analyzed.insert(table.clone(), Instant::now());
+            analyzed.push(table);
         }
-        Ok(waiting)
+        Ok(analyzed)
     }
 }
 
-/// Analyzes each new table once it holds data, checking every second until none is
-/// left or `stop` is cancelled. On a database in use the first check finds nothing to
-/// do and the task ends.
+/// Checks the open-work tables every second and analyzes those that changed enough,
+/// until `stop`.
 pub async fn keep_statistics(database: Database, stop: CancellationToken) {
-    let mut analyzed = HashSet::new();
+    let mut last_analyzed = HashMap::new();
+    let mut failing = false;
     loop {
         // Shutdown does not wait for a check, which may be waiting for a connection.
         let checked = tokio::select! {
-            checked = database.analyze_new_tables(&mut analyzed) => checked,
+            checked = database.analyze_changed_tables(&mut last_analyzed) => checked,
             _ = stop.cancelled() => return,
         };
         match checked {
-            Ok(0) => {
-                debug!("every table has planner statistics");
-                return;
+            Ok(analyzed) => {
+                failing = false;
+                if !analyzed.is_empty() {
+                    debug!(tables = ?analyzed, "analyzed tables for the query planner");
+                }
             }
-            Ok(_) => {}
             Err(error) => {
-                warn!(%error, "cannot analyze the new tables; autovacuum will do it later");
-                return;
+                if !failing {
+                    warn!(%error, "cannot analyze the outbox tables; retrying");
+                }
+                failing = true;
             }
         }
         tokio::select! {
