@@ -1,13 +1,14 @@
 //! Planner statistics that keep up with the outbox.
 //!
 //! The worker's lookups go through partial indexes of open work (`commands_due`,
-//! `commands_open_by_object`, `events_unsettled`). When the statistics say that no
-//! command is pending, because the table was never analyzed or because it was last
+//! `commands_open_by_object`, `events_unsettled`). When the statistics estimate that
+//! no command is pending, because the table was never analyzed or because it was last
 //! analyzed when all its commands were applied, the planner takes those indexes for
 //! empty and reads all of them, or hashes all open commands, in every claim and every
-//! recording. A backlog then drains at a rate that falls as it grows. Autovacuum
-//! analyzes a table only after a minute and a tenth of its rows have changed, which on
-//! a table with millions of settled commands is long after the backlog arrived.
+//! recording. A backlog then drains at a rate that falls as it grows. With its
+//! default settings autovacuum analyzes a table once a tenth of its rows have changed
+//! and looks at each database once a minute. On a table with millions of settled
+//! commands that is long after the backlog arrived.
 //!
 //! So the worker analyzes its open-work tables itself, once a small share of their
 //! rows has changed since the last analysis.
@@ -43,8 +44,8 @@ impl Database {
         &self,
         last_analyzed: &mut HashMap<String, Instant>,
     ) -> sqlx::Result<Vec<String>> {
-        // `reltuples` is -1 until the first analysis; `n_mod_since_analyze` counts
-        // the inserted, updated and deleted rows since then.
+        // `reltuples` is -1 until the first analysis, and `n_mod_since_analyze`
+        // counts the rows inserted, updated and deleted since the last one.
         let due: Vec<String> = sqlx::query_scalar(
             "SELECT c.relname::text \
              FROM pg_class c \
@@ -68,8 +69,8 @@ impl Database {
                 continue;
             }
             // The name comes from OPEN_WORK_TABLES, never from input. A role that does
-            // not own the table gets a warning from PostgreSQL and no statistics; the
-            // interval keeps it from trying more often.
+            // not own the table gets a warning from PostgreSQL and no statistics, and
+            // the interval keeps it from trying more often.
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ANALYZE \"{table}\"")))
                 .execute(self.pool())
                 .await?;
