@@ -1,7 +1,8 @@
 //! Claiming due commands, recording the outcome of attempts, and settling events.
 //!
-//! A claim is one statement: it picks due commands that are first in line for their
-//! object, takes the object's lease in `object_leases`, and marks the commands running.
+//! A claim is one statement in a short transaction: it picks due commands that are
+//! first in line for their object, takes the object's lease in `object_leases`, and
+//! marks the commands running.
 //! The lease row is what keeps two workers from calling the platform about one object
 //! at the same time, because its primary key admits one holder per object.
 
