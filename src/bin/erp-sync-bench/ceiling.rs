@@ -1,8 +1,9 @@
 //! The ceiling erp-sync is measured against, in the same run: how fast a minimal lapin
 //! consumer drains a preloaded quorum queue, how fast PostgreSQL takes the rows erp-sync
-//! writes per event in batches, and how long one commit takes.
+//! writes per event in batches, how long one commit takes, and how long a quorum
+//! queue takes to deliver a message to a waiting consumer.
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
 use lapin::options::{
@@ -22,6 +23,10 @@ const RAW_PREFETCH: u16 = 2_000;
 const RAW_ACK_EVERY: usize = 500;
 /// Rows per transaction in the raw insert run, the worker's default batch size.
 const INSERT_BATCH: usize = 200;
+/// Messages of the broker latency run, published at `LATENCY_RATE` per second.
+const LATENCY_MESSAGES: usize = 5_000;
+/// Publishing rate of the broker latency run, as in the latency scenario.
+const LATENCY_RATE: usize = 1_000;
 
 /// The measured ceiling.
 #[derive(Debug, Clone)]
@@ -35,6 +40,9 @@ pub struct Ceiling {
     /// microseconds per operation, as PostgreSQL's default `wal_sync_method` on Linux.
     pub fdatasync_ops: Option<f64>,
     pub fdatasync_usecs: Option<f64>,
+    /// Publish-to-delivery latency of a quorum queue at `LATENCY_RATE` messages per
+    /// second: median and 99th percentile in milliseconds, and the sample count.
+    pub broker_latency: (f64, f64, usize),
 }
 
 impl Ceiling {
@@ -51,22 +59,23 @@ pub async fn measure(bench: &Bench) -> anyhow::Result<Ceiling> {
     let insert_rate = raw_insert(bench, messages).await?;
     eprintln!("raw insert: {insert_rate:.0} events/s");
     let (fdatasync_ops, fdatasync_usecs) = fsync_latency().await;
+    let broker_latency = broker_latency(bench.scaled(LATENCY_MESSAGES)).await?;
+    eprintln!(
+        "broker latency: p50 {:.1} ms, p99 {:.1} ms",
+        broker_latency.0, broker_latency.1
+    );
     Ok(Ceiling {
         messages,
         consume_rate,
         insert_rate,
         fdatasync_ops,
         fdatasync_usecs,
+        broker_latency,
     })
 }
 
-/// Preloads a quorum queue of its own and drains it with a bare lapin consumer that
-/// acknowledges every `RAW_ACK_EVERY` deliveries at once.
-async fn raw_consume(bench: &Bench, messages: usize) -> anyhow::Result<f64> {
-    let queue = "erp-sync-bench.raw";
-    let connection =
-        lapin::Connection::connect(BROKER_URL, lapin::ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
+/// Declares a quorum queue of its own, named `queue`, after deleting any left over.
+async fn fresh_quorum_queue(channel: &lapin::Channel, queue: &str) -> anyhow::Result<()> {
     let _ = channel
         .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await;
@@ -85,6 +94,113 @@ async fn raw_consume(bench: &Bench, messages: usize) -> anyhow::Result<f64> {
             arguments,
         )
         .await?;
+    Ok(())
+}
+
+/// Microseconds since the Unix epoch, the clock both ends of the latency run share.
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Publishes persistent messages with confirms at `LATENCY_RATE` per second to a
+/// quorum queue that a bare consumer is waiting on, each carrying its publishing
+/// time, and returns the median and 99th percentile of publish to delivery.
+async fn broker_latency(messages: usize) -> anyhow::Result<(f64, f64, usize)> {
+    let queue = "erp-sync-bench.latency";
+    let connection =
+        lapin::Connection::connect(BROKER_URL, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    fresh_quorum_queue(&channel, queue).await?;
+
+    let consumer_channel = connection.create_channel().await?;
+    consumer_channel
+        .basic_qos(RAW_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consumer_channel
+        .basic_consume(
+            queue.into(),
+            "latency".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let receiving = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(messages);
+        while samples.len() < messages {
+            let Some(delivery) = consumer.next().await else {
+                break;
+            };
+            let delivery = delivery?;
+            let arrived = now_micros();
+            let sent = delivery
+                .data
+                .get(..8)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(arrived);
+            samples.push(arrived.saturating_sub(sent) as f64 / 1000.0);
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        anyhow::Ok(samples)
+    });
+
+    let publisher = std::sync::Arc::new(connection.create_channel().await?);
+    publisher
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let per_tick = LATENCY_RATE / 100;
+    let mut confirms = Vec::with_capacity(messages);
+    let mut sent = 0;
+    while sent < messages {
+        ticker.tick().await;
+        for _ in 0..per_tick.min(messages - sent) {
+            let publisher = publisher.clone();
+            confirms.push(tokio::spawn(async move {
+                publisher
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        lapin::options::BasicPublishOptions::default(),
+                        &now_micros().to_be_bytes(),
+                        lapin::BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?
+                    .await
+            }));
+            sent += 1;
+        }
+    }
+    for confirm in confirms {
+        confirm.await??;
+    }
+    let mut samples = tokio::time::timeout(Duration::from_secs(60), receiving)
+        .await
+        .map_err(|_| anyhow::anyhow!("the latency consumer did not receive every message"))???;
+    let _ = channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+
+    anyhow::ensure!(!samples.is_empty(), "the latency consumer received nothing");
+    samples.sort_by(f64::total_cmp);
+    let percentile = |share: f64| {
+        samples[((samples.len() as f64 * share).ceil() as usize).clamp(1, samples.len()) - 1]
+    };
+    Ok((percentile(0.50), percentile(0.99), samples.len()))
+}
+
+/// Preloads a quorum queue of its own and drains it with a bare lapin consumer that
+/// acknowledges every `RAW_ACK_EVERY` deliveries at once.
+async fn raw_consume(bench: &Bench, messages: usize) -> anyhow::Result<f64> {
+    let queue = "erp-sync-bench.raw";
+    let connection =
+        lapin::Connection::connect(BROKER_URL, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    fresh_quorum_queue(&channel, queue).await?;
 
     let publisher = connection.create_channel().await?;
     publisher

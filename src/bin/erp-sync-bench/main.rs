@@ -36,7 +36,7 @@ struct Args {
 /// The benchmark scenarios, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
-    /// Raw broker consume rate, raw batched insert rate, commit latency.
+    /// Raw consume and batched insert rates, commit and broker delivery latency.
     Ceiling,
     /// Committing and acknowledging a backlog with dispatch disabled.
     Ingest,

@@ -92,6 +92,13 @@ impl Results {
                 true,
             );
             row("ceiling: commit", commit, "measured".into(), true);
+            let (p50, p99, samples) = ceiling.broker_latency;
+            row(
+                "ceiling: broker delivery",
+                format!("p50 {p50:.1} ms, p99 {p99:.1} ms ({samples} messages at 1000/s)"),
+                "measured".into(),
+                true,
+            );
         }
         if let Some(ingest) = &self.ingest {
             match &self.ceiling {
