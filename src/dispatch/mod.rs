@@ -1,9 +1,9 @@
 //! From the outbox to the platform: claim due commands, execute them with bounded
 //! concurrency, record the outcomes.
 //!
-//! No transaction is open while a call is in flight: a claim is one short
-//! transaction, the call runs on its own, and the outcome is recorded in another short
-//! transaction by the recorder task, which batches the outcomes of many calls.
+//! No transaction is open while a call is in flight. A claim is one short transaction,
+//! and the call runs on its own. The recorder task then records the outcomes of many
+//! calls in another short transaction.
 
 mod execute;
 

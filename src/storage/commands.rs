@@ -145,10 +145,10 @@ impl Database {
     /// have statistics (a new database, a burst after start-up) it can be planned as a
     /// full scan of `events` for every claimed command.
     ///
-    /// Bitmap scans are off for the claim. A claim must walk `commands_due` in order
-    /// and stop at `limit`; on tables without statistics yet the planner may instead
-    /// collect every due command and sort them, which costs time in proportion to the
-    /// backlog, the very moment a claim should be fast.
+    /// Bitmap scans are off for the claim, which must walk `commands_due` in order and
+    /// stop at `limit`. On tables without statistics yet, the planner may instead
+    /// collect every due command and sort them. That costs time in proportion to the
+    /// backlog, just when a claim should be fast.
     pub async fn claim_due_commands(
         &self,
         limit: usize,

@@ -299,10 +299,10 @@ pub fn poisons_connections(error: &sqlx::Error) -> bool {
 ///
 /// Every statement is planned for the table sizes at the time it runs
 /// (`plan_cache_mode = force_custom_plan`). A cached generic plan is made once per
-/// connection, often while the tables are still small, and the plan that suits a
-/// small table (such as scanning every pending command to find a few objects) makes
-/// each batch slower as the tables grow. Planning each statement costs well under a
-/// millisecond.
+/// connection, often while the tables are still small. A plan that suits a small
+/// table, such as scanning every pending command to find a few objects, makes each
+/// batch slower as the tables grow. Planning the largest statement, the claim, took
+/// 1 to 2 ms when measured, and the others take less.
 fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(config.url.expose()).with_context(|| {
         format!(

@@ -1,11 +1,10 @@
 //! Planner statistics that keep up with the outbox.
 //!
 //! The worker's lookups go through partial indexes of open work (`commands_due`,
-//! `commands_open_by_object`, `events_unsettled`). When the statistics estimate that
-//! no command is pending, because the table was never analyzed or because it was last
-//! analyzed when all its commands were applied, the planner takes those indexes for
-//! empty and reads all of them, or hashes all open commands, in every claim and every
-//! recording. A backlog then drains at a rate that falls as it grows. With its
+//! `commands_open_by_object`, `events_unsettled`). The statistics may estimate that no
+//! command is pending, because the table was never analyzed or was last analyzed when
+//! all its commands were applied. The planner then takes those indexes for empty, and
+//! every claim and every recording reads all of them or hashes all open commands. A backlog then drains at a rate that falls as it grows. With its
 //! default settings autovacuum analyzes a table once a tenth of its rows have changed
 //! and looks at each database once a minute. On a table with millions of settled
 //! commands that is long after the backlog arrived.
