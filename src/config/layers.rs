@@ -144,7 +144,7 @@ fn apply_env(
             let var = env_var_name(table_name, key);
             let Some(text) = env(&var) else { continue };
 
-            let value = convert_env_value(&var, &text, default_value, key)?;
+            let value = convert_env_value(&var, &text, default_value, table_name, key)?;
             let table = tree
                 .entry(table_name.clone())
                 .or_insert_with(|| Value::Table(Table::new()));
@@ -162,10 +162,11 @@ fn convert_env_value(
     var: &str,
     text: &str,
     default_value: &Value,
+    table_name: &str,
     key: &str,
 ) -> Result<Value, ConfigError> {
     let invalid = |expected: &str| ConfigError::Env {
-        var: var.to_owned(),
+        var: format!("{var} (key `{table_name}.{key}`)"),
         shown_value: shown_value(key, text),
         expected: expected.to_owned(),
     };

@@ -186,6 +186,7 @@ pub enum ConfigError {
     File { path: String, message: String },
     #[error("invalid value {shown_value} in {var}: expected {expected}")]
     Env {
+        /// The variable, followed by the configuration key it sets when it sets one.
         var: String,
         shown_value: String,
         expected: String,
@@ -196,6 +197,17 @@ pub enum ConfigError {
         origin: Origin,
         message: String,
     },
+}
+
+/// Returns the first line of a parser's message about a value, with the fix for a
+/// duration written without its unit.
+fn value_error_message(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default().trim();
+    if first.ends_with("expected a duration") {
+        format!("{first}; write it with a unit, such as 500ms, 30s or 5m")
+    } else {
+        first.to_owned()
+    }
 }
 
 impl Config {
@@ -233,7 +245,7 @@ impl Config {
                 let key = error.path().to_string();
                 ConfigError::Key {
                     origin: layered.origin_of(&key),
-                    message: error.into_inner().to_string(),
+                    message: value_error_message(&error.into_inner().to_string()),
                     key,
                 }
             })?;
@@ -572,6 +584,25 @@ mod tests {
             .to_string();
         assert!(error.contains("dispatch.lease"), "{error}");
         assert!(error.contains("ERP_SYNC_DISPATCH_LEASE"), "{error}");
+    }
+
+    #[test]
+    fn duration_without_unit_names_fix() {
+        let error = load_with(&[("ERP_SYNC_DISPATCH_LEASE", "5")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("dispatch.lease"), "{error}");
+        assert!(error.contains("with a unit"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+    }
+
+    #[test]
+    fn unparsable_variable_names_its_key() {
+        let error = load_with(&[("ERP_SYNC_INGEST_BATCH_SIZE", "abc")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ERP_SYNC_INGEST_BATCH_SIZE"), "{error}");
+        assert!(error.contains("ingest.batch_size"), "{error}");
     }
 
     #[test]
