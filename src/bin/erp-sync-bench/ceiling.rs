@@ -1,7 +1,7 @@
-//! The ceiling erp-sync is measured against, in the same run: how fast a minimal lapin
-//! consumer drains a preloaded quorum queue, how fast PostgreSQL takes the rows erp-sync
-//! writes per event in batches, how long one commit takes, and how long a quorum
-//! queue takes to deliver a message to a waiting consumer.
+//! The ceiling erp-sync is measured against, in the same run. It has four parts: how
+//! fast a minimal lapin consumer drains a preloaded quorum queue, how fast PostgreSQL
+//! takes the rows erp-sync writes per event in batches, how long one commit takes, and
+//! how long a quorum queue takes to deliver a message to a waiting consumer.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -97,6 +97,28 @@ async fn fresh_quorum_queue(channel: &lapin::Channel, queue: &str) -> anyhow::Re
     Ok(())
 }
 
+/// Starts a consumer named `tag` on `queue`, on a channel of its own with a prefetch
+/// of `RAW_PREFETCH`.
+async fn bare_consumer(
+    connection: &lapin::Connection,
+    queue: &str,
+    tag: &str,
+) -> anyhow::Result<lapin::Consumer> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(RAW_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(consumer)
+}
+
 /// Microseconds since the Unix epoch, the clock both ends of the latency run share.
 fn now_micros() -> u64 {
     SystemTime::now()
@@ -115,18 +137,7 @@ async fn broker_latency(messages: usize) -> anyhow::Result<(f64, f64, usize)> {
     let channel = connection.create_channel().await?;
     fresh_quorum_queue(&channel, queue).await?;
 
-    let consumer_channel = connection.create_channel().await?;
-    consumer_channel
-        .basic_qos(RAW_PREFETCH, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consumer_channel
-        .basic_consume(
-            queue.into(),
-            "latency".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = bare_consumer(&connection, queue, "latency").await?;
     let receiving = tokio::spawn(async move {
         let mut samples = Vec::with_capacity(messages);
         while samples.len() < messages {
@@ -230,18 +241,7 @@ async fn raw_consume(bench: &Bench, messages: usize) -> anyhow::Result<f64> {
         confirm?;
     }
 
-    let consumer_channel = connection.create_channel().await?;
-    consumer_channel
-        .basic_qos(RAW_PREFETCH, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consumer_channel
-        .basic_consume(
-            queue.into(),
-            "raw".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = bare_consumer(&connection, queue, "raw").await?;
     let started = Instant::now();
     let mut received = 0;
     while received < messages {

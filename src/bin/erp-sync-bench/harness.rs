@@ -435,10 +435,10 @@ fn peak_rss(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Shortest pause between two counts of a run's progress.
+/// Minimum pause between two counts of a run's progress.
 const MIN_POLL_PAUSE: Duration = Duration::from_millis(50);
 
-/// Longest pause between two counts of a run's progress.
+/// Maximum pause between two counts of a run's progress.
 const MAX_POLL_PAUSE: Duration = Duration::from_secs(1);
 
 /// Polls a count (a query with one bigint parameter, `argument`) until it reaches
